@@ -1,0 +1,143 @@
+// swift-tools-version:6.1
+import PackageDescription
+
+/// Strict concurrency everywhere: every target builds in the Swift 6 language mode.
+let swiftSettings: [SwiftSetting] = [
+    .enableUpcomingFeature("ExistentialAny"),
+]
+
+let package = Package(
+    name: "gantry",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "gantry", targets: ["GantryCLI"]),
+        .executable(name: "gantry-worker", targets: ["GantryWorkerMain"]),
+        .executable(name: "gantry-coordinator", targets: ["GantryCoordinatorMain"]),
+        .executable(name: "gantry-kafka-dev", targets: ["GantryKafkaDevBroker"]),
+        .library(name: "GantryCore", targets: ["GantryCore"]),
+        .library(name: "GantryWorker", targets: ["GantryWorker"]),
+        .library(name: "GantryTasks", targets: ["GantryTasks"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
+    ],
+    targets: [
+        // MARK: C shims over Debian's -dev packages
+        .systemLibrary(
+            name: "CRdKafka",
+            pkgConfig: "rdkafka",
+            providers: [.apt(["librdkafka-dev"])]
+        ),
+        .systemLibrary(
+            name: "CRabbitMQ",
+            pkgConfig: "librabbitmq",
+            providers: [.apt(["librabbitmq-dev"])]
+        ),
+        .systemLibrary(
+            name: "CHiredis",
+            pkgConfig: "hiredis",
+            providers: [.apt(["libhiredis-dev"])]
+        ),
+
+        // MARK: Domain core and wires
+        .target(
+            name: "GantryCore",
+            dependencies: [
+                .product(name: "Yams", package: "Yams"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "GantryRedis",
+            dependencies: ["CHiredis", "GantryCore", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "GantryKafka",
+            dependencies: ["CRdKafka", "GantryCore", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "GantryAMQP",
+            dependencies: ["CRabbitMQ", "GantryCore", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: swiftSettings
+        ),
+
+        // MARK: Runtime
+        .target(
+            name: "GantryTasks",
+            dependencies: ["GantryCore"],
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "GantryWorker",
+            dependencies: [
+                "GantryCore", "GantryTasks", "GantryRedis", "GantryKafka", "GantryAMQP",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "GantryCoordinator",
+            dependencies: [
+                "GantryCore", "GantryRedis", "GantryKafka", "GantryAMQP",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+
+        // MARK: Executables (thin)
+        .executableTarget(
+            name: "GantryCLI",
+            dependencies: [
+                "GantryCore", "GantryTasks", "GantryWorker", "GantryCoordinator",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(
+            name: "GantryWorkerMain",
+            dependencies: [
+                "GantryWorker", "GantryTasks",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(
+            name: "GantryCoordinatorMain",
+            dependencies: [
+                "GantryCoordinator",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(
+            name: "GantryKafkaDevBroker",
+            dependencies: [
+                "GantryKafka",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+
+        // MARK: Tests
+        .testTarget(
+            name: "GantryUnitTests",
+            dependencies: ["GantryCore", "GantryTasks", "GantryWorker", "GantryCoordinator"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "GantryIntegrationTests",
+            dependencies: ["GantryCore", "GantryRedis", "GantryKafka", "GantryAMQP", "GantryWorker", "GantryCoordinator"],
+            swiftSettings: swiftSettings
+        ),
+    ]
+)
