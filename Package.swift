@@ -14,6 +14,7 @@ let package = Package(
         .executable(name: "gantry-worker", targets: ["GantryWorkerMain"]),
         .executable(name: "gantry-coordinator", targets: ["GantryCoordinatorMain"]),
         .executable(name: "gantry-kafka-dev", targets: ["GantryKafkaDevBroker"]),
+        .executable(name: "gantry-bench", targets: ["GantryBenchmarks"]),
         .library(name: "GantryCore", targets: ["GantryCore"]),
         .library(name: "GantryWorker", targets: ["GantryWorker"]),
         .library(name: "GantryTasks", targets: ["GantryTasks"]),
@@ -67,6 +68,12 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
 
+        .target(
+            name: "GantryStore",
+            dependencies: ["GantryCore", "GantryRedis", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: swiftSettings
+        ),
+
         // MARK: Runtime
         .target(
             name: "GantryTasks",
@@ -76,7 +83,7 @@ let package = Package(
         .target(
             name: "GantryWorker",
             dependencies: [
-                "GantryCore", "GantryTasks", "GantryRedis", "GantryKafka", "GantryAMQP",
+                "GantryCore", "GantryTasks", "GantryRedis", "GantryStore", "GantryKafka", "GantryAMQP",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
@@ -85,7 +92,7 @@ let package = Package(
         .target(
             name: "GantryCoordinator",
             dependencies: [
-                "GantryCore", "GantryRedis", "GantryKafka", "GantryAMQP",
+                "GantryCore", "GantryRedis", "GantryStore", "GantryKafka", "GantryAMQP",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
@@ -128,6 +135,15 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
 
+        .executableTarget(
+            name: "GantryBenchmarks",
+            dependencies: [
+                "GantryCore", "GantryRedis", "GantryStore",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+
         // MARK: Tests
         .testTarget(
             name: "GantryUnitTests",
@@ -136,7 +152,7 @@ let package = Package(
         ),
         .testTarget(
             name: "GantryIntegrationTests",
-            dependencies: ["GantryCore", "GantryRedis", "GantryKafka", "GantryAMQP", "GantryWorker", "GantryCoordinator"],
+            dependencies: ["GantryCore", "GantryRedis", "GantryStore", "GantryKafka", "GantryAMQP", "GantryWorker", "GantryCoordinator"],
             swiftSettings: swiftSettings
         ),
     ]
