@@ -138,7 +138,7 @@ let package = Package(
         .executableTarget(
             name: "GantryBenchmarks",
             dependencies: [
-                "GantryCore", "GantryRedis", "GantryStore",
+                "GantryCore", "GantryRedis", "GantryStore", "GantryKafka", "GantryAMQP",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: swiftSettings

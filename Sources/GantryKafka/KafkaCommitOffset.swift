@@ -25,5 +25,6 @@ public struct KafkaCommitOffset: Sendable, Hashable, CustomStringConvertible {
         self.init(topic: record.topic, partition: record.partition, offset: record.offset + 1)
     }
 
+    /// `topic[partition]@offset`, for logs and errors.
     public var description: String { "\(topic)[\(partition)]@\(offset)" }
 }

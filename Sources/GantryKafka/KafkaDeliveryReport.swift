@@ -14,5 +14,6 @@ public struct KafkaDeliveryReport: Sendable, Hashable, CustomStringConvertible {
         self.offset = offset
     }
 
+    /// `topic[partition]@offset`, for logs and errors.
     public var description: String { "\(topic)[\(partition)]@\(offset)" }
 }

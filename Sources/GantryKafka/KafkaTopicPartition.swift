@@ -11,6 +11,7 @@ public struct KafkaTopicPartition: Sendable, Hashable, CustomStringConvertible {
         self.partition = partition
     }
 
+    /// `topic[partition]`, for logs and errors.
     public var description: String { "\(topic)[\(partition)]" }
 }
 

@@ -296,8 +296,7 @@ public final class RedisStateStore: Sendable {
     // MARK: Reply decoding
 
     private func claimArgs(_ node: NodeID, _ epoch: UInt64, _ owner: String, _ lease: Duration, _ now: UInt64) -> [RedisArgument] {
-        [.string(node.description), .integer(Int(epoch)), .string(owner), .integer(Int(now)), .integer(Int(lease.milliseconds)),
-         .integer(Int(configuration.queueVisibility.milliseconds))]
+        [.string(node.description), .integer(Int(epoch)), .string(owner), .integer(Int(now)), .integer(Int(lease.milliseconds))]
     }
 
     private func commitArgs(_ node: NodeID, _ epoch: UInt64, _ owner: String, _ result: [UInt8], _ now: UInt64) -> [RedisArgument] {
@@ -321,10 +320,6 @@ public final class RedisStateStore: Sendable {
         case "cancelled": return .cancelled
         case "gone": return .gone
         case "early": return .early
-        case "poison":
-            let reason = items.count > 1 ? items[1].string ?? "" : ""
-            try await deadLettered(run, node, error: reason, now: currentMilliseconds())
-            return .poison(reason)
         default: throw scriptError("claim", run, node, reply)
         }
     }

@@ -18,24 +18,30 @@ import GantryRedis
 ///                `q` queued at, `st` started, `fin` finished, `ra` retry at, `err` error, `dl`
 ///                dead-lettered, `sz` result size
 /// - `P r:<node>` the result bytes
-/// - `P t`        sorted set of timers by due time: `L|node` lease expiry, `Q|node` queue
-///                visibility deadline, `R|node` retry due, `D|` run deadline
+/// - `P t`        sorted set of timers, one member per node whose score is when it needs
+///                attention: a running node's lease expiry, a queued node's visibility
+///                deadline, a retrying node's due time; plus `|D` for the run deadline
 /// - `P ev`       stream of every state change (capped)
 ///
 /// Node states: `waiting queued running retrying succeeded failed skipped cancelled`.
 /// Run states: `running succeeded failed cancelled`.
 enum StoreScripts {
-    /// Shared helpers, prepended to every script.
-    static let prelude = """
+    /// What every script needs: key names and the event log.
+    static let base = """
         local RUN = KEYS[1]
         local P = string.sub(RUN, 1, -4)
         local T = P .. 't'
         local function nkey(node) return P .. 'n:' .. node end
-        local function rkey(node) return P .. 'r:' .. node end
-        local MAXEV = 10000
         local function event(kind, node, now, ...)
-          redis.call('XADD', P .. 'ev', 'MAXLEN', '~', MAXEV, '*', 'k', kind, 'n', node, 't', now, ...)
+          redis.call('XADD', P .. 'ev', 'MAXLEN', '~', 10000, '*', 'k', kind, 'n', node, 't', now, ...)
         end
+
+        """
+
+    /// Helpers of the scripts that move a run forward: completion, fan-out, failure policies.
+    static let full = base + """
+        local function rkey(node) return P .. 'r:' .. node end
+        local FINAL = { succeeded = true, failed = true, skipped = true, cancelled = true }
         local function split(csv)
           local out = {}
           if csv and csv ~= '' then for item in string.gmatch(csv, '[^,]+') do out[#out + 1] = item end end
@@ -46,51 +52,31 @@ enum StoreScripts {
           if b then return string.sub(node, 1, b - 1), tonumber(string.sub(node, b + 1, -2)) end
           return node, nil
         end
-        local FINAL = { succeeded = true, failed = true, skipped = true, cancelled = true }
-        local function ttl_all(ttl)
-          -- A finished run keeps its keys for the retention period, then Redis drops them.
+        local function each_node(fn)
           for _, stage in ipairs(split(redis.call('HGET', RUN, 'stages'))) do
-            local sk = nkey(stage)
-            local n = tonumber(redis.call('HGET', sk, 'N') or '0')
-            redis.call('PEXPIRE', sk, ttl)
-            redis.call('PEXPIRE', rkey(stage), ttl)
-            for i = 0, n - 1 do
-              local el = stage .. '[' .. i .. ']'
-              redis.call('PEXPIRE', nkey(el), ttl)
-              redis.call('PEXPIRE', rkey(el), ttl)
-            end
+            fn(stage)
+            local n = tonumber(redis.call('HGET', nkey(stage), 'N') or '0')
+            for i = 0, n - 1 do fn(stage .. '[' .. i .. ']') end
           end
-          for _, k in ipairs({ RUN, P .. 'in', P .. 'ev', T }) do redis.call('PEXPIRE', k, ttl) end
         end
         local function finish_run(state, now, reason)
           redis.call('HSET', RUN, 's', state, 'fin', now, 'reason', reason or '')
-          -- Nothing that has not started will run now.
-          for _, stage in ipairs(split(redis.call('HGET', RUN, 'stages'))) do
-            local sk = nkey(stage)
-            local v = redis.call('HMGET', sk, 's', 'N')
-            if v[1] and not FINAL[v[1]] and v[1] ~= 'running' then
-              redis.call('HSET', sk, 's', 'cancelled', 'fin', now)
-            end
-            for i = 0, tonumber(v[2] or '0') - 1 do
-              local ek = nkey(stage .. '[' .. i .. ']')
-              local es = redis.call('HGET', ek, 's')
-              if es and not FINAL[es] and es ~= 'running' then redis.call('HSET', ek, 's', 'cancelled', 'fin', now) end
-            end
-          end
-          local keep = {}
-          local timers = redis.call('ZRANGE', T, 0, -1, 'WITHSCORES')
-          for j = 1, #timers, 2 do
-            if string.sub(timers[j], 1, 2) == 'L|' then keep[#keep + 1] = { timers[j + 1], timers[j] } end
-          end
+          -- Nothing unfinished will run now; a running node's worker learns it at its next renew.
+          local ttl = tonumber(redis.call('HGET', RUN, 'ttl'))
+          each_node(function(node)
+            local nk = nkey(node)
+            local s = redis.call('HGET', nk, 's')
+            if s and not FINAL[s] then redis.call('HSET', nk, 's', 'cancelled', 'fin', now) end
+            redis.call('PEXPIRE', nk, ttl)
+            redis.call('PEXPIRE', rkey(node), ttl)
+          end)
           redis.call('DEL', T)
-          -- Leases of nodes still running stay, so that a lost worker's node is tidied by wake.
-          for _, pair in ipairs(keep) do redis.call('ZADD', T, pair[1], pair[2]) end
           event('run', '', now, 's', state, 'reason', reason or '')
-          ttl_all(tonumber(redis.call('HGET', RUN, 'ttl')))
+          for _, k in ipairs({ RUN, P .. 'in', P .. 'ev' }) do redis.call('PEXPIRE', k, ttl) end
         end
         local function queue_node(node, epoch, attempt, now, vis, out)
           redis.call('HSET', nkey(node), 's', 'queued', 'e', epoch, 'a', attempt, 'q', now, 'o', '')
-          redis.call('ZADD', T, now + vis, 'Q|' .. node)
+          redis.call('ZADD', T, now + vis, node)
           out[#out + 1] = node
           out[#out + 1] = epoch
           out[#out + 1] = attempt
@@ -100,36 +86,41 @@ enum StoreScripts {
           redis.call('HSET', nkey(stage .. '[' .. i .. ']'), 'ma', v[1], 'mk', v[2], 'f', v[3], 'k', 0)
           queue_node(stage .. '[' .. i .. ']', 1, 1, now, vis, out)
         end
-        -- Marks stages done (succeeded or skipped) and releases their dependents, breadth first:
-        -- a dependent whose pending count reaches zero is queued, expanded (map) or, when one of
-        -- its dependencies was skipped or failed, skipped in turn.
-        local function settle(first, first_state, now, vis, out)
+        -- Marks stages done (succeeded, skipped or failed) and releases their dependents, breadth
+        -- first: a dependent whose pending count reaches zero is queued, expanded (map) or, when
+        -- one of its dependencies did not succeed, skipped in turn. `first_out` is the first
+        -- stage's dependents when the caller has already recorded its new state.
+        -- Returns the run's done count after the last stage.
+        local function settle(first, first_state, now, vis, out, first_out)
           local work = { { first, first_state } }
           local i = 1
+          local done = 0
           local running = redis.call('HGET', RUN, 's') == 'running'
           while i <= #work do
             local stage, state = work[i][1], work[i][2]
-            i = i + 1
             local sk = nkey(stage)
-            if state ~= 'failed' then redis.call('HSET', sk, 's', state, 'fin', now) end
-            redis.call('HINCRBY', RUN, 'done', 1)
-            if state == 'succeeded' then redis.call('HINCRBY', RUN, 'ok', 1) end
-            if state ~= 'succeeded' then redis.call('HSET', RUN, 'blocked', 1) end
-            event('stage', stage, now, 's', state)
-            for _, dep in ipairs(split(redis.call('HGET', sk, 'out'))) do
+            local deps
+            if i == 1 and first_out then
+              deps = first_out
+            else
+              if state ~= 'failed' then redis.call('HSET', sk, 's', state, 'fin', now) end
+              event('stage', stage, now, 's', state)
+              deps = redis.call('HGET', sk, 'out')
+            end
+            i = i + 1
+            done = redis.call('HINCRBY', RUN, 'done', 1)
+            for _, dep in ipairs(split(deps)) do
               local dk = nkey(dep)
               if state ~= 'succeeded' then redis.call('HSET', dk, 'skip', stage) end
-              local left = redis.call('HINCRBY', dk, 'p', -1)
-              if left == 0 and running then
+              if redis.call('HINCRBY', dk, 'p', -1) == 0 and running then
                 local dv = redis.call('HMGET', dk, 'skip', 'm', 'mp')
                 if dv[1] then
                   work[#work + 1] = { dep, 'skipped' }
                 elseif dv[2] and dv[2] ~= '' then
-                  local up = nkey(dv[2])
-                  local n = tonumber(redis.call('HGET', up, 'N') or '-1')
+                  local n = tonumber(redis.call('HGET', nkey(dv[2]), 'N') or '-1')
                   if n < 0 then
                     local ok, list = pcall(cjson.decode, redis.call('GET', rkey(dv[2])) or 'null')
-                    if ok and type(list) == 'table' then n = #list else n = -1 end
+                    if ok and type(list) == 'table' then n = #list end
                   end
                   if n < 0 then
                     redis.call('HSET', dk, 's', 'failed', 'err', 'maps over ' .. dv[2] .. ', whose result is not a JSON list', 'fin', now)
@@ -150,38 +141,36 @@ enum StoreScripts {
               end
             end
           end
+          return done
         end
-        local function check_complete(now)
-          local v = redis.call('HMGET', RUN, 's', 'done', 'total', 'failed')
-          if v[1] == 'running' and tonumber(v[2]) >= tonumber(v[3]) then
-            if tonumber(v[4] or '0') > 0 then
-              finish_run('failed', now, 'stages failed: ' .. (redis.call('HGET', RUN, 'failed_list') or ''))
-              return 'failed'
-            end
-            finish_run('succeeded', now, '')
-            return 'succeeded'
+        -- Ends the run when every stage is done. Returns the run's new state, or ''.
+        local function check_complete(now, done)
+          local v = redis.call('HMGET', RUN, 's', 'done', 'total', 'failed', 'failed_list')
+          if v[1] ~= 'running' or tonumber(done or v[2]) < tonumber(v[3]) then return '' end
+          if tonumber(v[4] or '0') > 0 then
+            finish_run('failed', now, 'stages failed: ' .. (v[5] or ''))
+            return 'failed'
           end
-          return ''
+          finish_run('succeeded', now, '')
+          return 'succeeded'
         end
         -- A node failed for good: dead-letter it, then fail the run or skip what depends on it.
         local function fail_node(node, now, err, vis, out)
           local stage, idx = stage_of(node)
           local nk = nkey(node)
-          redis.call('HSET', nk, 's', 'failed', 'err', err, 'fin', now, 'dl', 1, 'o', '')
-          redis.call('ZREM', T, 'L|' .. node, 'Q|' .. node, 'R|' .. node)
+          redis.call('HSET', nk, 's', 'failed', 'err', err, 'fin', now, 'dl', 1)
+          redis.call('ZREM', T, node)
           event('node', node, now, 's', 'failed', 'err', err)
           local sk = nkey(stage)
           if idx then
-            local ss = redis.call('HGET', sk, 's')
-            if FINAL[ss] then return check_complete(now) end
+            if FINAL[redis.call('HGET', sk, 's')] then return check_complete(now) end
             redis.call('HSET', sk, 's', 'failed', 'err', 'element ' .. idx .. ': ' .. err, 'fin', now)
           end
           redis.call('HINCRBY', RUN, 'failed', 1)
           local fl = redis.call('HGET', RUN, 'failed_list')
           redis.call('HSET', RUN, 'failed_list', (fl and fl ~= '') and (fl .. ',' .. stage) or stage)
           if redis.call('HGET', sk, 'f') == 'c' then
-            settle(stage, 'failed', now, vis, out)
-            return check_complete(now)
+            return check_complete(now, settle(stage, 'failed', now, vis, out))
           end
           if redis.call('HGET', RUN, 's') == 'running' then
             finish_run('failed', now, 'stage ' .. stage .. ' failed: ' .. err)
@@ -198,7 +187,7 @@ enum StoreScripts {
     /// ARGV: now, name, spec JSON, input, retention ms, visibility ms, deadline ms (0 none),
     /// stage count, then per stage: name, pending, dependents csv, map upstream, max parallel,
     /// on-failure (`f`/`c`), max attempts, max lost leases.
-    static let createRun = RedisScript(name: "create_run", source: prelude + """
+    static let createRun = RedisScript(name: "create_run", source: full + """
         if redis.call('EXISTS', RUN) == 1 then return { 'exists' } end
         local now, ttl, vis, deadline = tonumber(ARGV[1]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
         local count = tonumber(ARGV[8])
@@ -206,77 +195,66 @@ enum StoreScripts {
         local out = { 'created' }
         for s = 0, count - 1 do
           local b = 9 + s * 8
-          local name = ARGV[b]
-          names[#names + 1] = name
-          local sk = nkey(name)
+          names[#names + 1] = ARGV[b]
+          local sk = nkey(ARGV[b])
           redis.call('HSET', sk, 's', 'waiting', 'p', ARGV[b + 1], 'out', ARGV[b + 2], 'm', ARGV[b + 3], 'mp', ARGV[b + 4],
             'f', ARGV[b + 5], 'ma', ARGV[b + 6], 'mk', ARGV[b + 7], 'e', 0, 'a', 0, 'k', 0)
+          -- Until the run finishes its keys carry a long safety TTL, so nothing outlives it by accident.
           redis.call('PEXPIRE', sk, ttl * 4)
         end
         redis.call('HSET', RUN, 's', 'running', 'name', ARGV[2], 'spec', ARGV[3], 'stages', table.concat(names, ','),
-          'total', count, 'done', 0, 'ok', 0, 'failed', 0, 'created', now, 'ttl', ttl, 'stale', 0)
+          'total', count, 'done', 0, 'failed', 0, 'created', now, 'ttl', ttl, 'stale', 0)
         redis.call('SET', P .. 'in', ARGV[4])
         for s = 0, count - 1 do
           local b = 9 + s * 8
           if tonumber(ARGV[b + 1]) == 0 then queue_node(ARGV[b], 1, 1, now, vis, out) end
         end
-        if deadline > 0 then redis.call('ZADD', T, deadline, 'D|') end
-        -- Until the run finishes its keys carry a long safety TTL, so nothing outlives it by accident.
-        for _, k in ipairs({ RUN, P .. 'in', T }) do redis.call('PEXPIRE', k, ttl * 4) end
+        if deadline > 0 then redis.call('ZADD', T, deadline, '|D') end
         event('run', '', now, 's', 'running')
-        redis.call('PEXPIRE', P .. 'ev', ttl * 4)
+        for _, k in ipairs({ RUN, P .. 'in', T, P .. 'ev' }) do redis.call('PEXPIRE', k, ttl * 4) end
         return out
         """)
 
     /// Takes the lease on a queued node. Returns `{'ok', epoch, attempt}`, or `{'stale', epoch}`
-    /// (a newer attempt exists), `{'busy'}` (leased elsewhere), `{'done'}`, `{'cancelled'}`,
-    /// `{'gone'}` (no such run), `{'early'}` (not queued yet), or `{'poison', err}`.
+    /// (a newer attempt exists), `{'busy'}` (leased, possibly by a worker that died: the
+    /// coordinator's wake re-queues it once the lease expires), `{'done'}`, `{'cancelled'}`,
+    /// `{'gone'}` (no such run) or `{'early'}` (not queued yet).
     ///
-    /// A node whose holder's lease has expired is taken over with a new epoch, so the old
-    /// holder's late commit is refused.
-    ///
-    /// ARGV: node, epoch, owner, now, lease ms, visibility ms.
-    static let claim = RedisScript(name: "claim", source: prelude + """
+    /// ARGV: node, epoch, owner, now, lease ms.
+    static let claim = RedisScript(name: "claim", source: base + """
         local node, epoch, owner, now, ttl = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
         local nk = nkey(node)
-        local v = redis.call('HMGET', nk, 's', 'e', 'l', 'a', 'k', 'mk')
-        local s, e = v[1], tonumber(v[2] or '0')
+        local v = redis.call('HMGET', nk, 's', 'e', 'a')
+        local s = v[1]
         if not s then return { 'gone' } end
-        if s == 'cancelled' or s == 'skipped' then return { 'cancelled' } end
-        if FINAL[s] then return { 'done' } end
-        if e ~= epoch then return { 'stale', e } end
-        if s == 'running' then
-          if tonumber(v[3] or '0') > now then return { 'busy' } end
-          local lost = tonumber(v[5] or '0') + 1
-          redis.call('HSET', nk, 'k', lost)
-          if lost >= tonumber(v[6] or '3') then
-            local err = 'worker lost ' .. lost .. ' times while running this task (poison task)'
-            fail_node(node, now, err, tonumber(ARGV[6]), {})
-            return { 'poison', err }
-          end
-          e = e + 1
-        elseif s ~= 'queued' then
-          return { 'early' }
+        if s == 'queued' then
+          local e = tonumber(v[2])
+          if e ~= epoch then return { 'stale', e } end
+          redis.call('HSET', nk, 's', 'running', 'o', owner, 'l', now + ttl, 'st', now)
+          redis.call('ZADD', T, now + ttl, node)
+          event('node', node, now, 's', 'running', 'o', owner, 'e', e)
+          return { 'ok', e, tonumber(v[3]) }
         end
-        redis.call('HSET', nk, 's', 'running', 'o', owner, 'e', e, 'l', now + ttl, 'st', now)
-        redis.call('ZADD', T, now + ttl, 'L|' .. node)
-        redis.call('ZREM', T, 'Q|' .. node)
-        event('node', node, now, 's', 'running', 'o', owner, 'e', e)
-        return { 'ok', e, tonumber(v[4] or '1') }
+        if s == 'cancelled' or s == 'skipped' then return { 'cancelled' } end
+        if s == 'succeeded' or s == 'failed' then return { 'done' } end
+        if tonumber(v[2]) ~= epoch then return { 'stale', tonumber(v[2]) } end
+        if s == 'running' then return { 'busy' } end
+        return { 'early' }
         """)
 
     /// Extends a lease. Returns `'ok'`, `'lost'` (the caller no longer holds it) or
     /// `'cancelled'` (the run was cancelled or failed: stop the work).
     ///
     /// ARGV: node, epoch, owner, now, lease ms.
-    static let renew = RedisScript(name: "renew", source: prelude + """
+    static let renew = RedisScript(name: "renew", source: base + """
         local node, epoch, owner, now, ttl = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
         local nk = nkey(node)
         local v = redis.call('HMGET', nk, 's', 'e', 'o')
-        if v[1] ~= 'running' or tonumber(v[2]) ~= epoch or v[3] ~= owner then return 'lost' end
-        if redis.call('HGET', RUN, 's') ~= 'running' then return 'cancelled' end
+        if tonumber(v[2]) ~= epoch or v[3] ~= owner then return 'lost' end
+        if v[1] == 'cancelled' then return 'cancelled' end
+        if v[1] ~= 'running' then return 'lost' end
         redis.call('HSET', nk, 'l', now + ttl)
-        redis.call('ZADD', T, now + ttl, 'L|' .. node)
+        redis.call('ZADD', T, now + ttl, node)
         return 'ok'
         """)
 
@@ -284,14 +262,13 @@ enum StoreScripts {
     /// the redelivered message can claim it. Returns `'ok'` or `'lost'`.
     ///
     /// ARGV: node, epoch, owner, now, visibility ms.
-    static let release = RedisScript(name: "release", source: prelude + """
+    static let release = RedisScript(name: "release", source: base + """
         local node, epoch, owner, now, vis = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
         local nk = nkey(node)
         local v = redis.call('HMGET', nk, 's', 'e', 'o')
         if v[1] ~= 'running' or tonumber(v[2]) ~= epoch or v[3] ~= owner then return 'lost' end
         redis.call('HSET', nk, 's', 'queued', 'o', '', 'q', now)
-        redis.call('ZREM', T, 'L|' .. node)
-        redis.call('ZADD', T, now + vis, 'Q|' .. node)
+        redis.call('ZADD', T, now + vis, node)
         event('node', node, now, 's', 'queued', 'why', 'released')
         return 'ok'
         """)
@@ -301,21 +278,21 @@ enum StoreScripts {
     /// `{'stale'}`; `run_state` is `''` unless this commit finished the run.
     ///
     /// ARGV: node, epoch, owner, now, result, result ttl ms, visibility ms.
-    static let commit = RedisScript(name: "commit", source: prelude + """
+    static let commit = RedisScript(name: "commit", source: full + """
         local node, epoch, owner, now, vis = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[7])
         local nk = nkey(node)
-        local v = redis.call('HMGET', nk, 's', 'e', 'o')
+        local v = redis.call('HMGET', nk, 's', 'e', 'o', 'out')
         if v[1] ~= 'running' or tonumber(v[2]) ~= epoch or v[3] ~= owner then
-          redis.call('HINCRBY', RUN, 'stale', 1)
+          -- A cancelled node's late result is dropped quietly; anything else is a refused stale write.
+          if v[1] ~= 'cancelled' then redis.call('HINCRBY', RUN, 'stale', 1) end
           return { 'stale' }
         end
         redis.call('SET', rkey(node), ARGV[5], 'PX', ARGV[6])
         redis.call('HSET', nk, 's', 'succeeded', 'fin', now, 'sz', #ARGV[5], 'o', '')
-        redis.call('ZREM', T, 'L|' .. node)
+        redis.call('ZREM', T, node)
         event('node', node, now, 's', 'succeeded', 'e', epoch)
         local out = { 'ok', '' }
         local stage, idx = stage_of(node)
-        if redis.call('HGET', RUN, 's') ~= 'running' then return out end
         if idx then
           local sk = nkey(stage)
           local sv = redis.call('HMGET', sk, 's', 'nx', 'N')
@@ -325,11 +302,10 @@ enum StoreScripts {
             redis.call('HSET', sk, 'nx', nx + 1)
             new_element(stage, nx, sk, now, vis, out)
           end
-          if redis.call('HINCRBY', sk, 'left', -1) == 0 then settle(stage, 'succeeded', now, vis, out) end
+          if redis.call('HINCRBY', sk, 'left', -1) == 0 then out[2] = check_complete(now, settle(stage, 'succeeded', now, vis, out)) end
         else
-          settle(stage, 'succeeded', now, vis, out)
+          out[2] = check_complete(now, settle(stage, 'succeeded', now, vis, out, v[4] or ''))
         end
-        out[2] = check_complete(now)
         return out
         """)
 
@@ -339,19 +315,18 @@ enum StoreScripts {
     /// hold the node.
     ///
     /// ARGV: node, epoch, owner, now, error, retriable (0/1), backoff ms, visibility ms.
-    static let fail = RedisScript(name: "fail", source: prelude + """
+    static let fail = RedisScript(name: "fail", source: full + """
         local node, epoch, owner, now = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
         local err, retriable, backoff, vis = ARGV[5], ARGV[6] == '1', tonumber(ARGV[7]), tonumber(ARGV[8])
         local nk = nkey(node)
         local v = redis.call('HMGET', nk, 's', 'e', 'o', 'a', 'ma')
         if v[1] ~= 'running' or tonumber(v[2]) ~= epoch or v[3] ~= owner then
-          redis.call('HINCRBY', RUN, 'stale', 1)
+          if v[1] ~= 'cancelled' then redis.call('HINCRBY', RUN, 'stale', 1) end
           return { 'stale' }
         end
-        redis.call('ZREM', T, 'L|' .. node)
-        if retriable and tonumber(v[4]) < tonumber(v[5]) and redis.call('HGET', RUN, 's') == 'running' then
+        if retriable and tonumber(v[4]) < tonumber(v[5]) then
           redis.call('HSET', nk, 's', 'retrying', 'err', err, 'ra', now + backoff, 'o', '')
-          redis.call('ZADD', T, now + backoff, 'R|' .. node)
+          redis.call('ZADD', T, now + backoff, node)
           event('node', node, now, 's', 'retrying', 'err', err, 'a', v[4])
           return { 'retry', now + backoff }
         end
@@ -360,11 +335,11 @@ enum StoreScripts {
         return out
         """)
 
-    /// Cancels a running run: every node not yet running is cancelled, running ones learn it
-    /// at their next renew. Returns `'cancelled'` or the run's final state if it already ended.
+    /// Cancels a running run: every unfinished node is cancelled; running ones learn it at
+    /// their next renew. Returns `'cancelled'`, the run's earlier final state, or `'gone'`.
     ///
     /// ARGV: now, reason.
-    static let cancel = RedisScript(name: "cancel", source: prelude + """
+    static let cancel = RedisScript(name: "cancel", source: full + """
         local s = redis.call('HGET', RUN, 's')
         if not s then return 'gone' end
         if s ~= 'running' then return s end
@@ -372,56 +347,56 @@ enum StoreScripts {
         return 'cancelled'
         """)
 
-    /// Handles a run's due timers, at most `limit` of them: expired leases are re-queued with a
-    /// new epoch (or dead-lettered as poison after too many), retries whose time has come are
-    /// queued, queued nodes whose message may be lost are published again, and an expired run
+    /// Handles a run's due timers, at most `limit` of them: an expired lease is re-queued with a
+    /// new epoch (or dead-lettered as poison after too many), a retry whose time has come is
+    /// queued, a queued node whose message may be lost is published again, and an expired run
     /// deadline fails the run. Returns `{run_state, more, node, epoch, attempt, …}` with the
     /// nodes to publish; `more` is 1 when further timers are due.
     ///
     /// ARGV: now, limit, visibility ms.
-    static let wake = RedisScript(name: "wake", source: prelude + """
+    static let wake = RedisScript(name: "wake", source: full + """
         local now, limit, vis = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
         local out = { '', 0 }
+        if redis.call('HGET', RUN, 's') ~= 'running' then
+          redis.call('DEL', T)
+          return out
+        end
         local due = redis.call('ZRANGEBYSCORE', T, '-inf', now, 'LIMIT', 0, limit + 1)
         if #due > limit then out[2] = 1 end
-        local running = redis.call('HGET', RUN, 's') == 'running'
         for i = 1, math.min(#due, limit) do
-          local m = due[i]
-          redis.call('ZREM', T, m)
-          local kind, node = string.sub(m, 1, 1), string.sub(m, 3)
-          if kind == 'D' then
-            if running then
-              finish_run('failed', now, 'run deadline exceeded')
-              out[1] = 'failed'
-              running = false
-            end
-          else
-            local nk = nkey(node)
-            local v = redis.call('HMGET', nk, 's', 'e', 'a', 'l', 'k', 'mk')
-            local s = v[1]
-            if not running then
-              if s and not FINAL[s] then redis.call('HSET', nk, 's', 'cancelled', 'fin', now, 'o', '') end
-            elseif kind == 'L' and s == 'running' and tonumber(v[4]) <= now then
-              local lost = tonumber(v[5] or '0') + 1
-              redis.call('HSET', nk, 'k', lost)
-              if lost >= tonumber(v[6] or '3') then
-                local state = fail_node(node, now, 'worker lost ' .. lost .. ' times while running this task (poison task)', vis, out)
-                if state ~= '' then out[1] = state; running = false end
-              else
-                event('node', node, now, 's', 'queued', 'why', 'lease expired')
-                queue_node(node, tonumber(v[2]) + 1, tonumber(v[3]) + 1, now, vis, out)
+          local node = due[i]
+          redis.call('ZREM', T, node)
+          if node == '|D' then
+            finish_run('failed', now, 'run deadline exceeded')
+            out[1] = 'failed'
+            return out
+          end
+          local nk = nkey(node)
+          local v = redis.call('HMGET', nk, 's', 'e', 'a', 'l', 'k', 'mk')
+          local s = v[1]
+          if s == 'running' and tonumber(v[4]) > now then
+            redis.call('ZADD', T, tonumber(v[4]), node)
+          elseif s == 'running' then
+            local lost = tonumber(v[5] or '0') + 1
+            redis.call('HSET', nk, 'k', lost)
+            if lost >= tonumber(v[6] or '3') then
+              local state = fail_node(node, now, 'worker lost ' .. lost .. ' times while running this task (poison task)', vis, out)
+              if state ~= '' then
+                out[1] = state
+                return out
               end
-            elseif kind == 'L' and s == 'running' then
-              redis.call('ZADD', T, tonumber(v[4]), m)
-            elseif kind == 'R' and s == 'retrying' then
-              event('node', node, now, 's', 'queued', 'why', 'retry')
+            else
+              event('node', node, now, 's', 'queued', 'why', 'lease expired')
               queue_node(node, tonumber(v[2]) + 1, tonumber(v[3]) + 1, now, vis, out)
-            elseif kind == 'Q' and s == 'queued' then
-              redis.call('ZADD', T, now + vis, m)
-              out[#out + 1] = node
-              out[#out + 1] = tonumber(v[2])
-              out[#out + 1] = tonumber(v[3])
             end
+          elseif s == 'retrying' then
+            event('node', node, now, 's', 'queued', 'why', 'retry')
+            queue_node(node, tonumber(v[2]) + 1, tonumber(v[3]) + 1, now, vis, out)
+          elseif s == 'queued' then
+            redis.call('ZADD', T, now + vis, node)
+            out[#out + 1] = node
+            out[#out + 1] = tonumber(v[2])
+            out[#out + 1] = tonumber(v[3])
           end
         end
         return out

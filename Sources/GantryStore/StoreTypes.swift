@@ -93,12 +93,12 @@ public struct CreatedRun: Sendable {
 
 /// The answer to a claim.
 public enum ClaimOutcome: Sendable, Hashable {
-    /// The caller holds the node with this epoch (possibly newer than the message's, after a
-    /// takeover of an expired lease) and runs this attempt.
+    /// The caller holds the node with this epoch and runs this attempt.
     case claimed(epoch: UInt64, attempt: UInt32)
     /// A newer attempt of the node exists; drop this message.
     case stale(currentEpoch: UInt64)
-    /// Another worker holds a live lease; drop this message (the lease's expiry is the safety net).
+    /// Another worker holds the lease; drop this message. If that worker died, the coordinator
+    /// re-queues the node with a new epoch once the lease expires.
     case busy
     /// The node already finished.
     case done
@@ -108,8 +108,6 @@ public enum ClaimOutcome: Sendable, Hashable {
     case gone
     /// The node is not queued yet (a message ahead of its state); drop it.
     case early
-    /// The node lost too many leases and was dead-lettered with this reason.
-    case poison(String)
 }
 
 /// The answer to a lease renewal.

@@ -287,6 +287,27 @@ struct AMQPTests {
         }
     }
 
+    @Test("messages the broker refuses (basic.nack) fail the batch publish with the count")
+    func nackedPublishFails() async throws {
+        let queue = Support.uniqueName("full")
+        try await Support.withClient(deleting: [queue]) { client in
+            // A full queue that rejects publishes makes RabbitMQ nack the overflow.
+            try await client.declareQueue(queue, arguments: [AMQPQueueArgument.maxLength: 1, "x-overflow": "reject-publish"])
+            try await client.confirmSelect()
+            let error = await #expect(throws: GantryError.self) {
+                try await client.publish((0..<3).map { AMQPOutboundMessage(routingKey: queue, body: [UInt8($0)]) })
+            }
+            #expect(error?.code == .commandFailed)
+            #expect(error?.isRetriable == true)
+            #expect(error?.message.contains("refused 2 of 3") == true)
+            #expect(try await client.queueDepth(queue) == 1)
+            // The channel is fine: nacks are answers, not errors.
+            try await client.purgeQueue(queue)
+            try await client.publish(routingKey: queue, body: [9])
+            #expect(client.isOpen)
+        }
+    }
+
     @Test("a mandatory publish nobody can route fails with notFound")
     func unroutableMandatoryPublishFails() async throws {
         try await Support.withClient(deleting: []) { client in
