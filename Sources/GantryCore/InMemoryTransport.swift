@@ -22,6 +22,8 @@ public final class InMemoryTransport: TaskTransport {
         var unsettled: [UInt64: (queue: String, message: Message)] = [:]
         var continuation: AsyncThrowingStream<Delivery, any Error>.Continuation
         var nextQueue = 0
+        /// Stopped taking deliveries; what it holds can still be settled.
+        var draining = false
     }
 
     private struct State {
@@ -68,9 +70,12 @@ public final class InMemoryTransport: TaskTransport {
             Self.dispatch(&state)
             return id
         }
-        // A consumer whose stream ends (iteration stopped, task cancelled) gives back what it held.
-        continuation.onTermination = { [weak self] _ in self?.stopConsumer(id) }
-        return DeliveryStream(stream)
+        // A consumer abandoned by its task (cancelled) gives back what it held; one that stopped
+        // its intake keeps its deliveries settle-able.
+        continuation.onTermination = { [weak self] termination in
+            if case .cancelled = termination { self?.stopConsumer(id) }
+        }
+        return DeliveryStream(stream) { [weak self] in self?.drainConsumer(id) }
     }
 
     public func ack(_ delivery: Delivery) async throws {
@@ -122,6 +127,14 @@ public final class InMemoryTransport: TaskTransport {
         }
     }
 
+    private func drainConsumer(_ id: UInt64) {
+        let continuation = state.withLock { state -> AsyncThrowingStream<Delivery, any Error>.Continuation? in
+            state.consumers[id]?.draining = true
+            return state.consumers[id]?.continuation
+        }
+        continuation?.finish()
+    }
+
     private func stopConsumer(_ id: UInt64) {
         state.withLock { state in
             Self.removeConsumer(&state, id)
@@ -156,7 +169,7 @@ public final class InMemoryTransport: TaskTransport {
         while progress {
             progress = false
             for id in state.consumers.keys.sorted() {
-                guard var consumer = state.consumers[id], consumer.unsettled.count < consumer.credit else { continue }
+                guard var consumer = state.consumers[id], !consumer.draining, consumer.unsettled.count < consumer.credit else { continue }
                 for step in 0..<consumer.queues.count {
                     let queue = consumer.queues[(consumer.nextQueue + step) % consumer.queues.count]
                     guard var messages = state.queues[queue], !messages.isEmpty else { continue }

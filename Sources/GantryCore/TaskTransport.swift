@@ -65,13 +65,26 @@ public struct DeliveryToken: Sendable, Hashable {
 
 /// The stream of deliveries of one consumer. Ends when the consumer is closed; throws if the
 /// connection is lost for good.
+///
+/// Two ways to stop: ``stopIntake()`` ends the stream but keeps the deliveries already handed
+/// out settle-able (a worker draining on shutdown); cancelling the iterating task abandons the
+/// consumer, and whatever it had not settled is delivered again to another consumer.
 public struct DeliveryStream: AsyncSequence, Sendable {
     public typealias Element = Delivery
     private let stream: AsyncThrowingStream<Delivery, any Error>
+    private let stop: @Sendable () -> Void
 
-    /// Wraps a stream fed by a transport.
-    public init(_ stream: AsyncThrowingStream<Delivery, any Error>) {
+    /// Wraps a stream fed by a transport; `stopIntake` ends it without abandoning what it delivered.
+    public init(_ stream: AsyncThrowingStream<Delivery, any Error>, stopIntake: @escaping @Sendable () -> Void) {
         self.stream = stream
+        self.stop = stopIntake
+    }
+
+    /// Takes no more deliveries: the stream ends once those already buffered are drained
+    /// (buffered ones are given back to the broker), and deliveries already handed out can
+    /// still be settled.
+    public func stopIntake() {
+        stop()
     }
 
     public func makeAsyncIterator() -> AsyncThrowingStream<Delivery, any Error>.AsyncIterator {

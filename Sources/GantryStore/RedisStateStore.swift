@@ -185,7 +185,7 @@ public final class RedisStateStore: Sendable {
         guard let items = reply.array, items.count >= 2 else { throw scriptError("wake", run, nil, reply) }
         let state = RunState(rawValue: items[0].string ?? "")
         if let state { try await runFinished(run, state: state) }
-        return WakeOutcome(ready: readyNodes(run, items, from: 2), more: items[1].int == 1, runState: state)
+        return WakeOutcome(ready: readyNodes(run, items, from: 2), more: items[1].int == 1, runState: state, gone: items[0].string == "gone")
     }
 
     // MARK: Pipelined transitions
@@ -281,7 +281,14 @@ public final class RedisStateStore: Sendable {
         return (reply.array ?? []).compactMap { $0.string.flatMap(RunID.init(rawValue:)) }
     }
 
-    /// Drops `run` from the active index (it finished, or it never existed).
+    /// Drops a run that does not exist from the active index, once it is old enough that its
+    /// creation cannot still be under way.
+    public func forgetMissingRun(_ run: RunID, now: UInt64 = currentMilliseconds()) async throws {
+        guard run.milliseconds + 60_000 < now else { return }
+        _ = try await client.send("ZREM", activeKey, run.rawValue)
+    }
+
+    /// Drops `run` from the active index (it finished) and records its end in the global stream.
     func runFinished(_ run: RunID, state: RunState) async throws {
         _ = try await client.pipeline([
             ["ZREM", .string(activeKey), .string(run.rawValue)],

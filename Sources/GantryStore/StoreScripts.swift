@@ -351,15 +351,18 @@ enum StoreScripts {
     /// new epoch (or dead-lettered as poison after too many), a retry whose time has come is
     /// queued, a queued node whose message may be lost is published again, and an expired run
     /// deadline fails the run. Returns `{run_state, more, node, epoch, attempt, …}` with the
-    /// nodes to publish; `more` is 1 when further timers are due.
+    /// nodes to publish; `more` is 1 when further timers are due; `run_state` is the run's
+    /// final state if it has ended (now or before), `gone` if the run does not exist.
     ///
     /// ARGV: now, limit, visibility ms.
     static let wake = RedisScript(name: "wake", source: full + """
         local now, limit, vis = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
         local out = { '', 0 }
-        if redis.call('HGET', RUN, 's') ~= 'running' then
+        local rs = redis.call('HGET', RUN, 's')
+        if rs ~= 'running' then
+          -- A finished run still listed as active, or one whose creation never completed.
           redis.call('DEL', T)
-          return out
+          return { rs or 'gone', 0 }
         end
         local due = redis.call('ZRANGEBYSCORE', T, '-inf', now, 'LIMIT', 0, limit + 1)
         if #due > limit then out[2] = 1 end

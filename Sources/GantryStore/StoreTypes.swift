@@ -146,8 +146,17 @@ public struct WakeOutcome: Sendable, Hashable {
     public var ready: [ReadyNode]
     /// Whether more timers were due than the limit allowed.
     public var more: Bool
-    /// Set when this ended the run (deadline, poison task).
+    /// Set when the run has ended (now: deadline, poison task; or earlier).
     public var runState: RunState?
+    /// True when the run does not exist (expired, or its creation never completed).
+    public var gone: Bool
+
+    public init(ready: [ReadyNode], more: Bool, runState: RunState?, gone: Bool = false) {
+        self.ready = ready
+        self.more = more
+        self.runState = runState
+        self.gone = gone
+    }
 }
 
 /// A snapshot of one stage or node.

@@ -151,6 +151,29 @@ private func text(_ delivery: Delivery) -> String { String(decoding: delivery.bo
     }
 
     @Test(arguments: TransportKind.allCases)
+    func stoppingIntakeKeepsHandedOutDeliveriesSettleable(kind: TransportKind) async throws {
+        let transport = try await kind.make()
+        let queue = uniqueQueue("drain")
+        try await transport.declare(queues: [queue])
+        try await transport.publish((0..<4).map { message("d\($0)") }, to: queue)
+        let stream = try await transport.consume(queues: [queue], credit: 2)
+        let collector = DeliveryCollector(stream)
+        let held = try await collector.wait(for: 2)
+        stream.stopIntake()
+        // The two handed out can still be acknowledged: a draining worker finishes its work.
+        for delivery in held { try await transport.ack(delivery) }
+        // The other two were never taken: the next consumer gets them, and only them.
+        let next = DeliveryCollector(try await transport.consume(queues: [queue], credit: 10))
+        let rest = try await next.wait(for: 2)
+        #expect(Set((held + rest).map(text)) == ["d0", "d1", "d2", "d3"])
+        for delivery in rest { try await transport.ack(delivery) }
+        await collector.stop()
+        await next.stop()
+        #expect(collector.deliveries.count == 2)
+        await transport.close()
+    }
+
+    @Test(arguments: TransportKind.allCases)
     func deadLetteredMessagesLandInTheDeadLetterQueueWithTheirReason(kind: TransportKind) async throws {
         let transport = try await kind.make()
         let queue = uniqueQueue("dlq")

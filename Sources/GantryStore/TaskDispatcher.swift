@@ -1,0 +1,102 @@
+import GantryCore
+import Synchronization
+
+/// Turns nodes the store has queued into task messages on the broker.
+///
+/// Whoever receives ready nodes from the store publishes them at once: the submitter the roots,
+/// a worker the dependents its commit released, the coordinator what its sweep re-queued. If
+/// that publisher dies first, the node's queue deadline brings it back through the
+/// coordinator, so a lost publish delays a node but never loses it; a duplicate publish is
+/// harmless because claims are fenced by epoch.
+public final class TaskDispatcher: Sendable {
+    private let store: RedisStateStore
+    private let transport: any TaskTransport
+    private let signing: SigningKey?
+    /// Specs by run: a run's spec never changes, so one read per run and process suffices.
+    private let specs = Mutex<[RunID: PipelineSpec]>([:])
+    private let maxCachedSpecs = 10_000
+
+    /// A key for signing every envelope this dispatcher publishes.
+    public struct SigningKey: Sendable {
+        public var id: String
+        public var secret: [UInt8]
+        public init(id: String, secret: [UInt8]) {
+            self.id = id
+            self.secret = secret
+        }
+    }
+
+    /// Creates a dispatcher publishing through `transport`.
+    public init(store: RedisStateStore, transport: any TaskTransport, signing: SigningKey? = nil) {
+        self.store = store
+        self.transport = transport
+        self.signing = signing
+    }
+
+    /// Creates a run of `plan` and publishes its root stages: what `gantry submit` does.
+    ///
+    /// With an `idempotencyKey`, submitting the same key again returns the first run and
+    /// publishes nothing (its roots were published by the first submission, or are brought back
+    /// by the coordinator's queue deadline if that submission died before publishing).
+    public func submit(_ plan: PipelinePlan, input: [UInt8], idempotencyKey: String? = nil) async throws -> CreatedRun {
+        let created = try await store.createRun(plan, input: input, idempotencyKey: idempotencyKey)
+        remember(plan.spec, for: created.runID)
+        try await publish(created.ready, rootInput: input)
+        return created
+    }
+
+    /// Remembers a spec the caller already has (the submitter), sparing a read.
+    public func remember(_ spec: PipelineSpec, for run: RunID) {
+        specs.withLock { cache in
+            if cache.count >= maxCachedSpecs { cache.removeAll(keepingCapacity: true) }
+            cache[run] = spec
+        }
+    }
+
+    /// The spec of `run`, from the cache or Redis.
+    public func spec(of run: RunID) async throws -> PipelineSpec {
+        if let cached = specs.withLock({ $0[run] }) { return cached }
+        let spec = try await store.spec(run)
+        remember(spec, for: run)
+        return spec
+    }
+
+    /// Publishes `nodes`, grouped by queue, each queue's batch confirmed by the broker.
+    ///
+    /// Root nodes carry the run input as their payload (`rootInput`, or read from Redis); other
+    /// nodes carry none: the worker reads their upstream results from Redis.
+    public func publish(_ nodes: [ReadyNode], rootInput: [UInt8]? = nil) async throws {
+        guard !nodes.isEmpty else { return }
+        var byQueue: [String: [OutgoingMessage]] = [:]
+        var inputs: [RunID: [UInt8]] = [:]
+        let now = currentMilliseconds()
+        // The stage timeout is applied by the worker from when the attempt starts, not here:
+        // a task may wait in a queue far longer than it may run.
+        for ready in nodes {
+            let spec = try await spec(of: ready.runID)
+            guard let stage = spec.stage(ready.node.stage) else {
+                throw GantryError(.notFound, "run \(ready.runID) has no stage '\(ready.node.stage)'")
+            }
+            var payload: [UInt8] = []
+            if stage.after.isEmpty {
+                if let rootInput {
+                    payload = rootInput
+                } else if let cached = inputs[ready.runID] {
+                    payload = cached
+                } else {
+                    payload = try await store.input(ready.runID)
+                    inputs[ready.runID] = payload
+                }
+            }
+            let envelope = TaskEnvelope(
+                runID: ready.runID, node: ready.node, task: stage.task, kind: stage.kind, priority: UInt8(stage.priority),
+                attempt: ready.attempt, epoch: ready.epoch, enqueuedMilliseconds: now, payload: payload
+            )
+            let body = signing.map { envelope.encoded(signedWith: $0.secret, keyID: $0.id) } ?? envelope.encoded()
+            byQueue[stage.queue, default: []].append(OutgoingMessage(body: body, key: ready.runID.rawValue, priority: UInt8(stage.priority)))
+        }
+        for (queue, messages) in byQueue {
+            try await transport.publish(messages, to: queue)
+        }
+    }
+}

@@ -1,0 +1,60 @@
+import GantryCore
+
+/// Settings of a worker; every time is a `Duration`.
+public struct WorkerConfiguration: Sendable {
+    /// The queues to consume. Default `["default"]`.
+    public var queues: [String]
+    /// The most tasks in flight at once; also the broker credit (prefetch). Default 64.
+    public var concurrency: Int
+    /// How long a claimed task's lease lasts without renewal. Default 30 s.
+    public var lease: Duration
+    /// How often held leases are renewed (well inside ``lease``). Default 10 s.
+    public var renewInterval: Duration
+    /// How often the worker's presence is written to Redis. Default 5 s.
+    public var heartbeatInterval: Duration
+    /// On shutdown, how long in-flight tasks may run before they are handed back. Default 20 s.
+    public var drainTimeout: Duration
+    /// The largest task payload accepted, in bytes; larger messages are dead-lettered. Default 16 MiB.
+    public var maxPayloadBytes: Int
+    /// Keys for verifying signed envelopes by key id; when set, unsigned or tampered messages
+    /// are dead-lettered. Default none (signatures not required).
+    public var signingKeys: [String: [UInt8]]?
+    /// How long Redis may be unreachable before the worker gives a task back to the broker. Default 30 s.
+    public var storeRetryDeadline: Duration
+    /// This worker's identity in leases and status: `host:pid:random` by default.
+    public var workerID: String
+
+    /// The defaults listed on each property.
+    public init(
+        queues: [String] = ["default"],
+        concurrency: Int = 64,
+        lease: Duration = .seconds(30),
+        renewInterval: Duration = .seconds(10),
+        heartbeatInterval: Duration = .seconds(5),
+        drainTimeout: Duration = .seconds(20),
+        maxPayloadBytes: Int = 16 << 20,
+        signingKeys: [String: [UInt8]]? = nil,
+        storeRetryDeadline: Duration = .seconds(30),
+        workerID: String = ProcessIdentity.make()
+    ) {
+        self.queues = queues
+        self.concurrency = concurrency
+        self.lease = lease
+        self.renewInterval = renewInterval
+        self.heartbeatInterval = heartbeatInterval
+        self.drainTimeout = drainTimeout
+        self.maxPayloadBytes = maxPayloadBytes
+        self.signingKeys = signingKeys
+        self.storeRetryDeadline = storeRetryDeadline
+        self.workerID = workerID
+    }
+
+    /// Problems with the values, each naming the setting; empty when valid.
+    public var problems: [String] {
+        var result: [String] = []
+        if queues.isEmpty { result.append("worker.queues is empty: name at least one queue") }
+        if concurrency < 1 { result.append("worker.concurrency must be at least 1, got \(concurrency)") }
+        if renewInterval >= lease { result.append("worker.renew_interval (\(renewInterval.shortDescription)) must be shorter than worker.lease (\(lease.shortDescription))") }
+        return result
+    }
+}
