@@ -111,6 +111,16 @@ public final class KafkaConsumer: Sendable {
         core.state.withLock { $0.assignment }
     }
 
+    /// Tells the consumer that the application moved `delta` records (negative: gave them
+    /// out or dropped them) into a queue of its own after reading them from ``events``.
+    ///
+    /// Held records count against ``KafkaConsumerConfiguration/bufferCapacity``: an
+    /// application that reads events promptly (so that it sees rebalances at once) but hands
+    /// records to its workers more slowly still makes the consumer pause fetching.
+    func holdRecords(_ delta: Int) {
+        core.adjustHeldRecords(by: delta)
+    }
+
     /// Whether fetching is paused because the buffer is full (for tests and diagnostics).
     var isFetchPaused: Bool {
         core.state.withLock { $0.paused }

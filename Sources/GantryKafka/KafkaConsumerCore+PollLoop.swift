@@ -292,11 +292,12 @@ extension KafkaConsumerCore {
     private func applyBackpressure() {
         enum Action { case pause, resume }
         let decision: (Action, Set<KafkaTopicPartition>)? = state.withLock { state in
-            if !state.paused && state.bufferedRecords >= configuration.bufferCapacity {
+            let load = state.bufferedRecords + state.heldRecords
+            if !state.paused && load >= configuration.bufferCapacity {
                 state.paused = true
                 return (.pause, state.assignment)
             }
-            if state.paused && state.bufferedRecords <= configuration.bufferCapacity / 2 {
+            if state.paused && load <= configuration.bufferCapacity / 2 {
                 state.paused = false
                 return (.resume, state.assignment)
             }

@@ -40,6 +40,10 @@ final class KafkaConsumerCore: Sendable {
         var buffer: [KafkaConsumerEvent] = []
         var bufferHead = 0
         var bufferedRecords = 0
+        /// Records the application took from ``buffer`` but still queues on its own side
+        /// (``KafkaConsumer/holdRecords(_:)``). They count against the buffer capacity, so an
+        /// application that reads ahead of its workers still pauses fetching.
+        var heldRecords = 0
         /// The application's `next()` waiting for an event.
         var waiter: CheckedContinuation<KafkaConsumerEvent?, any Error>?
         /// A fatal error, thrown once by `next()` after the buffer is drained.
@@ -102,7 +106,7 @@ final class KafkaConsumerCore: Sendable {
                 let ready: Result<KafkaConsumerEvent?, GantryError>? = state.withLock { state in
                     if let event = state.popEvent() {
                         // Resumes fetching now rather than at the next poll timeout.
-                        wake = state.paused && state.bufferedRecords <= configuration.bufferCapacity / 2
+                        wake = state.paused && state.bufferedRecords + state.heldRecords <= configuration.bufferCapacity / 2
                         return .success(event)
                     }
                     if let error = state.terminalError {
@@ -112,6 +116,11 @@ final class KafkaConsumerCore: Sendable {
                     if state.lifecycle == .closed { return .success(nil) }
                     if state.waiter != nil {
                         return .failure(GantryError(.invalidArgument, "KafkaConsumer.events is being iterated by two tasks at once; use one iterator"))
+                    }
+                    // The cancellation handler may have run before the waiter was stored; it
+                    // found nothing to resume, so this must not wait.
+                    if Task.isCancelled {
+                        return .failure(GantryError(.cancelled, "waiting for Kafka records was cancelled"))
                     }
                     state.waiter = continuation
                     return nil
@@ -126,6 +135,17 @@ final class KafkaConsumerCore: Sendable {
             }
             waiter?.resume(throwing: GantryError(.cancelled, "waiting for Kafka records was cancelled"))
         }
+    }
+
+    /// Adds `delta` to the records the application holds outside the buffer; wakes the
+    /// polling thread when that lets paused fetching resume.
+    func adjustHeldRecords(by delta: Int) {
+        guard delta != 0 else { return }
+        let wake: Bool = state.withLock { state in
+            state.heldRecords = max(0, state.heldRecords + delta)
+            return delta < 0 && state.paused && state.bufferedRecords + state.heldRecords <= configuration.bufferCapacity / 2
+        }
+        if wake { client.wakeUp() }
     }
 
     func finishRevocation(_ id: UInt) {

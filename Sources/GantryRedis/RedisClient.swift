@@ -4,8 +4,8 @@ import Logging
 /// An async Redis client over hiredis: a pool of connections, each owned by its own thread.
 ///
 /// hiredis blocks on its socket, so every command runs on the dedicated thread of the
-/// connection it was lent, never on Swift's cooperative pool; the caller suspends until the
-/// reply is in. Connections are made on first use and remade after Redis restarts.
+/// connection that serves it, never on Swift's cooperative pool; the caller suspends until
+/// the reply is in. Connections are made on first use and remade after Redis restarts.
 ///
 /// ```swift
 /// let client = try RedisClient(configuration: .fromEnvironment())
@@ -14,6 +14,17 @@ import Logging
 /// let replies = try await client.pipeline([["INCR", "a"], ["INCR", "b"]])
 /// let claimed = try await client.evalsha(claimTask, keys: [.string(key)], args: [.integer(epoch)])
 /// ```
+///
+/// Requests wait in line, first come first served, while every connection is busy; a
+/// waiting request can be cancelled. Requests waiting together are sent together, in one
+/// round trip, each still getting exactly its own replies (never together with a blocking
+/// command such as `BLPOP` or `XREAD … BLOCK`). Once sent, a request runs to completion or
+/// to ``RedisConfiguration/commandTimeout``; cancellation cannot recall it.
+///
+/// Every request may go to a different connection, so commands that change the state of a
+/// connection (`SELECT`, `MULTI` split over several calls, `CLIENT SETNAME`) do not belong
+/// in ``send(_:)``: use ``RedisConfiguration/database``, or put `MULTI … EXEC` in one
+/// pipeline. Pub/sub (`SUBSCRIBE`) and `MONITOR` are not supported.
 ///
 /// Errors are ``GantryCore/GantryError``s:
 /// - `.commandFailed`: Redis answered a single command with an error reply, e.g.

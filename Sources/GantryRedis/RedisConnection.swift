@@ -1,4 +1,5 @@
-import CHiredis
+// Internal: no hiredis type may appear in this module's API.
+internal import CHiredis
 import GantryCore
 import Logging
 
@@ -11,8 +12,7 @@ import Darwin
 /// One connection of the pool: a hiredis `redisContext` and the thread that owns it.
 ///
 /// `@unchecked Sendable` is honest here: the mutable hiredis state below is touched only by
-/// jobs on ``worker``'s thread (one at a time), and the pool lends a connection to one
-/// caller at a time. Everything else is immutable.
+/// jobs on ``worker``'s thread, which runs them one at a time. Everything else is immutable.
 final class RedisConnection: @unchecked Sendable {
     let id: Int
     private let configuration: RedisConfiguration

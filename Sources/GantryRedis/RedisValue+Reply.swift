@@ -1,4 +1,5 @@
-import CHiredis
+// Internal: no hiredis type may appear in this module's API.
+internal import CHiredis
 
 extension RedisValue {
     /// Copies a hiredis reply tree into Swift values; the caller still frees `reply`.

@@ -62,14 +62,17 @@ enum StoreScripts {
         local function finish_run(state, now, reason)
           redis.call('HSET', RUN, 's', state, 'fin', now, 'reason', reason or '')
           -- Nothing unfinished will run now; a running node's worker learns it at its next renew.
+          -- (In a run that succeeded every node is final already, so that run skips the walk.)
+          if state ~= 'succeeded' then
+            each_node(function(node)
+              local nk = nkey(node)
+              local s = redis.call('HGET', nk, 's')
+              if s and not FINAL[s] then redis.call('HSET', nk, 's', 'cancelled', 'fin', now) end
+            end)
+          end
+          -- Node hashes keep the safety TTL they were created with and results their result TTL,
+          -- so finishing costs the same for one stage or ten thousand.
           local ttl = tonumber(redis.call('HGET', RUN, 'ttl'))
-          each_node(function(node)
-            local nk = nkey(node)
-            local s = redis.call('HGET', nk, 's')
-            if s and not FINAL[s] then redis.call('HSET', nk, 's', 'cancelled', 'fin', now) end
-            redis.call('PEXPIRE', nk, ttl)
-            redis.call('PEXPIRE', rkey(node), ttl)
-          end)
           redis.call('DEL', T)
           event('run', '', now, 's', state, 'reason', reason or '')
           for _, k in ipairs({ RUN, P .. 'in', P .. 'ev' }) do redis.call('PEXPIRE', k, ttl) end
@@ -82,8 +85,10 @@ enum StoreScripts {
           out[#out + 1] = attempt
         end
         local function new_element(stage, i, sk, now, vis, out)
-          local v = redis.call('HMGET', sk, 'ma', 'mk', 'f')
-          redis.call('HSET', nkey(stage .. '[' .. i .. ']'), 'ma', v[1], 'mk', v[2], 'f', v[3], 'k', 0)
+          local v = redis.call('HMGET', sk, 'ma', 'mk', 'f', 'x')
+          local ek = nkey(stage .. '[' .. i .. ']')
+          redis.call('HSET', ek, 'ma', v[1], 'mk', v[2], 'f', v[3], 'k', 0)
+          redis.call('PEXPIRE', ek, v[4])
           queue_node(stage .. '[' .. i .. ']', 1, 1, now, vis, out)
         end
         -- Marks stages done (succeeded, skipped or failed) and releases their dependents, breadth
@@ -198,8 +203,9 @@ enum StoreScripts {
           names[#names + 1] = ARGV[b]
           local sk = nkey(ARGV[b])
           redis.call('HSET', sk, 's', 'waiting', 'p', ARGV[b + 1], 'out', ARGV[b + 2], 'm', ARGV[b + 3], 'mp', ARGV[b + 4],
-            'f', ARGV[b + 5], 'ma', ARGV[b + 6], 'mk', ARGV[b + 7], 'e', 0, 'a', 0, 'k', 0)
-          -- Until the run finishes its keys carry a long safety TTL, so nothing outlives it by accident.
+            'f', ARGV[b + 5], 'ma', ARGV[b + 6], 'mk', ARGV[b + 7], 'e', 0, 'a', 0, 'k', 0, 'x', ttl * 4)
+          -- Node hashes carry a safety TTL of four retention periods from creation, so nothing
+          -- outlives a run by accident; the run's own keys get the retention period when it ends.
           redis.call('PEXPIRE', sk, ttl * 4)
         end
         redis.call('HSET', RUN, 's', 'running', 'name', ARGV[2], 'spec', ARGV[3], 'stages', table.concat(names, ','),
