@@ -83,7 +83,7 @@ let package = Package(
         .target(
             name: "GantryWorker",
             dependencies: [
-                "GantryCore", "GantryTasks", "GantryRedis", "GantryStore", "GantryKafka", "GantryAMQP",
+                "GantryCore", "GantryTasks", "GantryRedis", "GantryStore",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
@@ -92,7 +92,7 @@ let package = Package(
         .target(
             name: "GantryCoordinator",
             dependencies: [
-                "GantryCore", "GantryRedis", "GantryStore", "GantryKafka", "GantryAMQP",
+                "GantryCore", "GantryRedis", "GantryStore",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
@@ -103,8 +103,9 @@ let package = Package(
         .executableTarget(
             name: "GantryCLI",
             dependencies: [
-                "GantryCore", "GantryTasks", "GantryWorker", "GantryCoordinator",
+                "GantryCore", "GantryTasks", "GantryStore", "GantryWorker", "GantryCoordinator",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: swiftSettings
         ),

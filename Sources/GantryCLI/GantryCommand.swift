@@ -3,13 +3,33 @@ import Foundation
 import GantryCore
 import GantryTasks
 import GantryWorker
+import Logging
 
 @main
 struct GantryCommand: AsyncParsableCommand {
+    /// The CLI reports failures itself, once, as `error: …`; library logs below errors stay quiet.
+    static func main() async {
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = .error
+            return handler
+        }
+        do {
+            var command = try parseAsRoot()
+            if var asyncCommand = command as? any AsyncParsableCommand {
+                try await asyncCommand.run()
+            } else {
+                try command.run()
+            }
+        } catch {
+            exit(withError: error)
+        }
+    }
+
     static let configuration = CommandConfiguration(
         commandName: "gantry",
         abstract: "Submit and inspect Gantry jobs and pipelines.",
-        subcommands: [Validate.self, RunLocal.self, Tasks.self]
+        subcommands: [Status.self, Watch.self, Explain.self, Cancel.self, Workers.self, Validate.self, RunLocal.self, Tasks.self]
     )
 }
 
