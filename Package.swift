@@ -24,6 +24,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
         .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
+        .package(url: "https://github.com/swiftlang/swift-subprocess", from: "1.0.2"),
     ],
     targets: [
         // MARK: C shims over Debian's -dev packages
@@ -76,6 +77,11 @@ let package = Package(
 
         // MARK: Runtime
         .target(
+            name: "GantryRuntime",
+            dependencies: ["GantryCore", "GantryRedis", "GantryStore", "GantryKafka", "GantryAMQP", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: swiftSettings
+        ),
+        .target(
             name: "GantryTasks",
             dependencies: ["GantryCore"],
             swiftSettings: swiftSettings
@@ -86,6 +92,7 @@ let package = Package(
                 "GantryCore", "GantryTasks", "GantryRedis", "GantryStore",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Subprocess", package: "swift-subprocess"),
             ],
             swiftSettings: swiftSettings
         ),
@@ -103,7 +110,7 @@ let package = Package(
         .executableTarget(
             name: "GantryCLI",
             dependencies: [
-                "GantryCore", "GantryTasks", "GantryStore", "GantryWorker", "GantryCoordinator",
+                "GantryCore", "GantryTasks", "GantryStore", "GantryWorker", "GantryCoordinator", "GantryRuntime",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -112,7 +119,7 @@ let package = Package(
         .executableTarget(
             name: "GantryWorkerMain",
             dependencies: [
-                "GantryWorker", "GantryTasks",
+                "GantryWorker", "GantryTasks", "GantryRuntime",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
@@ -121,7 +128,7 @@ let package = Package(
         .executableTarget(
             name: "GantryCoordinatorMain",
             dependencies: [
-                "GantryCoordinator",
+                "GantryCoordinator", "GantryRuntime",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
@@ -145,6 +152,13 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
 
+        /// A child for the process-pool tests: the built-in tasks plus misbehaving ones (crash, hang, grow).
+        .executableTarget(
+            name: "GantryPoolTestChild",
+            dependencies: ["GantryCore", "GantryTasks", "GantryWorker"],
+            swiftSettings: swiftSettings
+        ),
+
         // MARK: Tests
         .testTarget(
             name: "GantryUnitTests",
@@ -153,7 +167,7 @@ let package = Package(
         ),
         .testTarget(
             name: "GantryIntegrationTests",
-            dependencies: ["GantryCore", "GantryRedis", "GantryStore", "GantryKafka", "GantryAMQP", "GantryWorker", "GantryCoordinator"],
+            dependencies: ["GantryCore", "GantryRedis", "GantryStore", "GantryKafka", "GantryAMQP", "GantryWorker", "GantryCoordinator", "GantryPoolTestChild"],
             swiftSettings: swiftSettings
         ),
     ]

@@ -168,8 +168,8 @@ final class RabbitMQTransportConnection: Sendable {
                 }
                 if let unwanted = publish(client) { await unwanted.close() }
                 return
-            } catch {
-                error = GantryError.wrapping(error, during: "connecting to RabbitMQ at \(amqp.endpoint)")
+            } catch let failure {
+                error = GantryError.wrapping(failure, during: "connecting to RabbitMQ at \(amqp.endpoint)")
             }
             let wait = error.isRetriable && !Task.isCancelled ? backoff.next() : nil
             guard let wait else {

@@ -114,3 +114,10 @@ public final class Coordinator: Service, Sendable {
     }
 }
 
+
+extension CoordinatorConfiguration {
+    /// The `coordinator.*` settings.
+    public init(settings: GantrySettings) throws {
+        self.init(leaderLease: try settings.duration("coordinator.leader_lease"), sweepInterval: try settings.duration("coordinator.sweep_interval"))
+    }
+}

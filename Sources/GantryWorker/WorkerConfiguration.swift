@@ -58,3 +58,17 @@ public struct WorkerConfiguration: Sendable {
         return result
     }
 }
+
+extension WorkerConfiguration {
+    /// The `worker.*` settings (signing keys are added by the caller).
+    public init(settings: GantrySettings) throws {
+        self.init(
+            queues: try settings.strings("worker.queues"),
+            concurrency: try settings.int("worker.concurrency"),
+            lease: try settings.duration("worker.lease"),
+            renewInterval: try settings.duration("worker.renew_interval"),
+            drainTimeout: try settings.duration("worker.drain_timeout"),
+            maxPayloadBytes: try settings.int("worker.max_payload_bytes")
+        )
+    }
+}

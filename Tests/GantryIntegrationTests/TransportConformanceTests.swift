@@ -6,12 +6,16 @@ import Testing
 /// Every transport Gantry can run on. Each must pass the whole conformance suite.
 enum TransportKind: String, CaseIterable, CustomTestStringConvertible, Sendable {
     case memory
+    case rabbitmq
+    case kafka
 
     var testDescription: String { rawValue }
 
     func make() async throws -> any TaskTransport {
         switch self {
         case .memory: return InMemoryTransport()
+        case .rabbitmq: return try await RabbitMQConformanceTransport.make()
+        case .kafka: return try await KafkaConformanceTransport.make()
         }
     }
 }
