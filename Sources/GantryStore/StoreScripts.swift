@@ -96,11 +96,11 @@ enum StoreScripts {
         -- one of its dependencies did not succeed, skipped in turn. `first_out` is the first
         -- stage's dependents when the caller has already recorded its new state.
         -- Returns the run's done count after the last stage.
-        local function settle(first, first_state, now, vis, out, first_out)
+        local function settle(first, first_state, now, vis, out, first_out, run_state)
           local work = { { first, first_state } }
           local i = 1
           local done = 0
-          local running = redis.call('HGET', RUN, 's') == 'running'
+          local running = (run_state or redis.call('HGET', RUN, 's')) == 'running'
           while i <= #work do
             local stage, state = work[i][1], work[i][2]
             local sk = nkey(stage)
@@ -149,7 +149,9 @@ enum StoreScripts {
           return done
         end
         -- Ends the run when every stage is done. Returns the run's new state, or ''.
-        local function check_complete(now, done)
+        local function check_complete(now, done, total)
+          -- The caller that knows the run's size and done count spares a read on the common path.
+          if done and total and done < total then return '' end
           local v = redis.call('HMGET', RUN, 's', 'done', 'total', 'failed', 'failed_list')
           if v[1] ~= 'running' or tonumber(done or v[2]) < tonumber(v[3]) then return '' end
           if tonumber(v[4] or '0') > 0 then
@@ -298,6 +300,9 @@ enum StoreScripts {
         redis.call('ZREM', T, node)
         event('node', node, now, 's', 'succeeded', 'e', epoch)
         local out = { 'ok', '' }
+        local run = redis.call('HMGET', RUN, 's', 'total')
+        if run[1] ~= 'running' then return out end
+        local total = tonumber(run[2])
         local stage, idx = stage_of(node)
         if idx then
           local sk = nkey(stage)
@@ -308,9 +313,11 @@ enum StoreScripts {
             redis.call('HSET', sk, 'nx', nx + 1)
             new_element(stage, nx, sk, now, vis, out)
           end
-          if redis.call('HINCRBY', sk, 'left', -1) == 0 then out[2] = check_complete(now, settle(stage, 'succeeded', now, vis, out)) end
+          if redis.call('HINCRBY', sk, 'left', -1) == 0 then
+            out[2] = check_complete(now, settle(stage, 'succeeded', now, vis, out, nil, run[1]), total)
+          end
         else
-          out[2] = check_complete(now, settle(stage, 'succeeded', now, vis, out, v[4] or ''))
+          out[2] = check_complete(now, settle(stage, 'succeeded', now, vis, out, v[4] or '', run[1]), total)
         end
         return out
         """)
