@@ -133,6 +133,9 @@ final class PrivateRabbitMQ: Sendable {
     let nodeName: String
     let port: Int
     let distributionPort: Int
+    /// The `amqps` port when started with TLS, and the CA that signs its certificate.
+    let tlsPort: Int?
+    let caCertificatePath: String?
     let directory: URL
 
     /// The `rabbitmq-server` wrapper script process of the running incarnation.
@@ -144,9 +147,13 @@ final class PrivateRabbitMQ: Sendable {
     static let isAvailable = FileManager.default.isExecutableFile(atPath: serverScript)
 
     /// Prepares the node's files and starts it; returns once it accepts AMQP connections.
-    static func start() async throws -> PrivateRabbitMQ {
-        let broker = try PrivateRabbitMQ()
+    ///
+    /// - Parameter tls: also listen for `amqps` on ``tlsPort`` with a certificate for
+    ///   `localhost` signed by a throwaway CA (``caCertificatePath``), made with openssl.
+    static func start(tls: Bool = false) async throws -> PrivateRabbitMQ {
+        let broker = try PrivateRabbitMQ(tls: tls)
         do {
+            if tls { try await broker.makeCertificates() }
             try await broker.startNode()
         } catch {
             await broker.shutDown()
@@ -155,23 +162,82 @@ final class PrivateRabbitMQ: Sendable {
         return broker
     }
 
-    private init() throws {
+    private init(tls: Bool) throws {
         let id = UUID().uuidString.prefix(8).lowercased()
         nodeName = "gantry-test-\(id)@localhost"
-        let ports = try Self.freePorts(2)
+        let ports = try Self.freePorts(3)
         port = ports[0]
         distributionPort = ports[1]
+        tlsPort = tls ? ports[2] : nil
         url = "amqp://guest:guest@127.0.0.1:\(port)/"
         directory = FileManager.default.temporaryDirectory.appendingPathComponent("gantry-rabbitmq-\(id)")
+        caCertificatePath = tls ? directory.appendingPathComponent("ca.pem").path : nil
         for sub in ["mnesia", "log"] {
             try FileManager.default.createDirectory(at: directory.appendingPathComponent(sub), withIntermediateDirectories: true)
         }
         try "[].\n".write(to: directory.appendingPathComponent("enabled_plugins"), atomically: true, encoding: .utf8)
-        try """
+        var settings = """
             loopback_users = none
             vm_memory_high_watermark.relative = 0.2
             disk_free_limit.absolute = 50MB
-            """.write(to: directory.appendingPathComponent("rabbitmq.conf"), atomically: true, encoding: .utf8)
+
+            """
+        if let tlsPort {
+            let path = directory.path
+            settings += """
+                listeners.ssl.1 = 127.0.0.1:\(tlsPort)
+                ssl_options.cacertfile = \(path)/ca.pem
+                ssl_options.certfile = \(path)/server.pem
+                ssl_options.keyfile = \(path)/server.key
+                ssl_options.verify = verify_none
+                ssl_options.fail_if_no_peer_cert = false
+
+                """
+        }
+        try settings.write(to: directory.appendingPathComponent("rabbitmq.conf"), atomically: true, encoding: .utf8)
+    }
+
+    /// A throwaway CA and a server certificate for `localhost` signed by it.
+    private func makeCertificates() async throws {
+        let path = directory.path
+        try "subjectAltName=DNS:localhost\n".write(toFile: "\(path)/san.ext", atomically: true, encoding: .utf8)
+        let steps = [
+            ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2",
+             "-subj", "/CN=gantry-test-ca", "-keyout", "\(path)/ca.key", "-out", "\(path)/ca.pem"],
+            ["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+             "-subj", "/CN=localhost", "-keyout", "\(path)/server.key", "-out", "\(path)/server.csr"],
+            ["x509", "-req", "-in", "\(path)/server.csr", "-CA", "\(path)/ca.pem", "-CAkey", "\(path)/ca.key",
+             "-CAcreateserial", "-days", "2", "-extfile", "\(path)/san.ext", "-out", "\(path)/server.pem"],
+        ]
+        for arguments in steps {
+            let status = await Self.run("/usr/bin/openssl", arguments, log: "\(path)/log/openssl.log")
+            guard status == 0 else {
+                let log = (try? String(contentsOfFile: "\(path)/log/openssl.log", encoding: .utf8)) ?? ""
+                throw GantryError(.configuration, "openssl \(arguments[0]) failed with status \(status): \(log.suffix(1000))")
+            }
+        }
+    }
+
+    /// Runs a short command on a thread of its own (it blocks while the command runs).
+    private static func run(_ executable: String, _ arguments: [String], log: String) async -> Int32 {
+        await withCheckedContinuation { continuation in
+            Thread.detachNewThread {
+                let process = Process()
+                process.executableURL = URL(fileURLWithPath: executable)
+                process.arguments = arguments
+                _ = FileManager.default.createFile(atPath: log, contents: nil)
+                let output = FileHandle(forWritingAtPath: log)
+                process.standardOutput = output
+                process.standardError = output
+                do {
+                    try process.run()
+                    process.waitUntilExit()
+                    continuation.resume(returning: process.terminationStatus)
+                } catch {
+                    continuation.resume(returning: -1)
+                }
+            }
+        }
     }
 
     private var environment: [String: String] {

@@ -232,6 +232,42 @@ private func message(_ text: String, priority: UInt8 = 0) -> OutgoingMessage {
         await transport.close()
     }
 
+    @Test(
+        "over amqps (TLS from the URL, peer and host name verified) the transport works; a CA that does not match is named",
+        .enabled(if: PrivateRabbitMQ.isAvailable && FileManager.default.isExecutableFile(atPath: "/usr/bin/openssl"), "needs RabbitMQ and openssl"),
+        .timeLimit(.minutes(3))
+    )
+    func tls() async throws {
+        let broker = try await PrivateRabbitMQ.start(tls: true)
+        do {
+            let port = try #require(broker.tlsPort)
+            let ca = try #require(broker.caCertificatePath)
+            let queue = Support.uniqueQueue("tls")
+            let configuration = try Support.configuration(name: "gantry-tests-tls", url: "amqps://guest:guest@localhost:\(port)/?cacertfile=\(ca)")
+            #expect(configuration.amqp.tls?.verifyPeer == true && configuration.amqp.tls?.verifyHostname == true)
+            try await Support.withTransport(configuration, deleting: [queue]) { transport in
+                try await transport.publish(OutgoingMessage(body: Array("secret".utf8), key: "k"), to: queue)
+                let collector = DeliveryCollector(try await transport.consume(queues: [queue], credit: 4))
+                let got = try await collector.wait(for: 1)[0]
+                #expect(Support.text(got) == "secret" && got.key == "k")
+                try await transport.ack(got)
+                await collector.stop()
+            }
+
+            // Without the CA the broker's certificate cannot be verified: the error says to
+            // look at the TLS settings (retried like any connect failure, so a short timeout).
+            var untrusted = try Support.configuration(name: "gantry-tests-tls-untrusted", url: "amqps://guest:guest@localhost:\(port)/")
+            untrusted.reconnectTimeout = .milliseconds(300)
+            let error = await #expect(throws: GantryError.self) { _ = try await RabbitMQTransport.connect(untrusted) }
+            #expect(error?.code == .connectionFailed)
+            #expect(error?.message.contains("TLS") == true)
+        } catch {
+            await broker.shutDown()
+            throw error
+        }
+        await broker.shutDown()
+    }
+
     @Test("an undecodable message is dead-lettered: it lands in the .dlq with its reason, and the queue is empty")
     func undecodableMessageIsDeadLettered() async throws {
         let queue = Support.uniqueQueue("poison")
