@@ -35,6 +35,17 @@ import Yams
 /// coordinator:
 ///   leader_lease: 5s                     # a standby takes over within this
 ///   sweep_interval: 100ms                # how often due timers are handled
+/// pool:                                  # child processes that run `kind: cpu` stages
+///   size: 0                              # children; 0 = one per core
+///   executable: ""                       # "" = the worker's own binary (/proc/self/exe)
+///   max_tasks_per_child: 1000            # a child is replaced after this many tasks
+///   rss_limit_bytes: 1073741824          # ... or when its resident memory exceeds this (0 = no limit)
+///   respawn_backoff: 100ms               # first wait before replacing a crashed child
+///   max_respawn_backoff: 5s
+///   termination_grace: 2s                # SIGTERM → SIGKILL after this on timeout or shutdown
+///   startup_timeout: 10s
+///   acquire_timeout: 5m                  # longest wait for a free child
+///   max_frame_bytes: 268435456           # largest task input or result crossing to a child
 /// signing:
 ///   key_id: ""                           # sign published envelopes with this key ("" = unsigned)
 ///   keys: {}                             # key id → secret; verification keys for workers
@@ -65,6 +76,9 @@ public struct GantrySettings: Sendable {
         "worker.queues": .array(["default"]), "worker.concurrency": 64, "worker.lease": "30s", "worker.renew_interval": "10s",
         "worker.drain_timeout": "20s", "worker.max_payload_bytes": 16_777_216,
         "coordinator.leader_lease": "5s", "coordinator.sweep_interval": "100ms",
+        "pool.size": 0, "pool.executable": "", "pool.max_tasks_per_child": 1000, "pool.rss_limit_bytes": 1_073_741_824,
+        "pool.respawn_backoff": "100ms", "pool.max_respawn_backoff": "5s", "pool.termination_grace": "2s",
+        "pool.startup_timeout": "10s", "pool.acquire_timeout": "5m", "pool.max_frame_bytes": 268_435_456,
         "signing.key_id": "", "signing.keys": .object([:]), "signing.required": false,
         "log.level": "info",
     ]

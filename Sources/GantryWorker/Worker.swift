@@ -6,6 +6,9 @@ import Synchronization
 
 /// Consumes tasks, runs them and commits their results so that no job is lost or committed twice.
 ///
+/// `io` stages run as tasks in this process; `cpu` stages run in the ``ChildProcessPool`` when
+/// one is given (in this process otherwise), while this process renews their leases.
+///
 /// For each delivery: decode the envelope (undecodable → dead-letter), claim the node's lease
 /// with the envelope's epoch (anything but a successful claim → acknowledge and drop: the
 /// message is a duplicate, stale, or its run is over), assemble the input from upstream
@@ -19,6 +22,7 @@ public final class Worker: Service, Sendable {
     private let store: RedisStateStore
     private let transport: any TaskTransport
     private let dispatcher: TaskDispatcher
+    private let pool: ChildProcessPool?
     private let logger: Logger
     private let held = Mutex<[HeldKey: HeldTask]>([:])
     private let tally = Mutex(WorkerCounters())
@@ -49,7 +53,7 @@ public final class Worker: Service, Sendable {
     /// Creates a worker running tasks from `registry`.
     public init(
         configuration: WorkerConfiguration, registry: TaskRegistry, store: RedisStateStore, transport: any TaskTransport,
-        dispatcher: TaskDispatcher? = nil, logger: Logger = Logger(label: "gantry.worker")
+        dispatcher: TaskDispatcher? = nil, pool: ChildProcessPool? = nil, logger: Logger = Logger(label: "gantry.worker")
     ) throws {
         if let problem = configuration.problems.first { throw GantryError(.configuration, problem) }
         self.configuration = configuration
@@ -57,6 +61,7 @@ public final class Worker: Service, Sendable {
         self.store = store
         self.transport = transport
         self.dispatcher = dispatcher ?? TaskDispatcher(store: store, transport: transport)
+        self.pool = pool
         var logger = logger
         logger[metadataKey: "worker"] = .string(configuration.workerID)
         self.logger = logger
@@ -179,7 +184,13 @@ public final class Worker: Service, Sendable {
             let upstream = stage.after.isEmpty ? [:] : try await withStore { try await self.store.upstreamResults(run, stages: stage.after) }
             let input = try StageInput.assemble(stage: stage, index: node.index, runInput: envelope.payload, upstream: upstream)
             let context = TaskContext(runID: run, node: node, attempt: attempt, args: stage.args, upstream: upstream, deadlineMilliseconds: envelope.deadlineMilliseconds)
-            outcome = .success(try await withTimeout(stage.timeout) { try await definition.function(input, context) })
+            if stage.kind == .cpu, let pool {
+                // The pool enforces the timeout itself (SIGTERM → SIGKILL) while this process keeps
+                // renewing the lease; a lost lease cancels this task, which stops the child.
+                outcome = .success(try await pool.run(task: definition.name, input: input, context: context, timeout: stage.timeout))
+            } else {
+                outcome = .success(try await withTimeout(stage.timeout) { try await definition.function(input, context) })
+            }
         } catch {
             outcome = .failure(error)
         }

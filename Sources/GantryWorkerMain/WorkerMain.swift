@@ -15,6 +15,16 @@ struct WorkerMain: AsyncParsableCommand {
         abstract: "Run Gantry tasks from the broker until SIGTERM or SIGINT, then drain and exit 0."
     )
 
+    /// The tasks this worker runs, in-process and in its pool children alike.
+    static var registry: TaskRegistry { BuiltinTasks.registry }
+
+    /// A pool child is this binary started with the hidden argument: it serves tasks before
+    /// arguments are parsed, logging is bootstrapped or any service or broker thread exists.
+    static func main() async {
+        if ChildProcessMain.isRequested() { ChildProcessMain.run(registry: registry) }
+        await main(nil)
+    }
+
     @Option(help: "Configuration file (default: $GANTRY_CONFIG, else config/gantry.yaml when present).")
     var config: String?
 
@@ -40,12 +50,14 @@ struct WorkerMain: AsyncParsableCommand {
         let runtime = try await GantryRuntime.connect(settings: settings, logger: logger)
         var workerConfiguration = try WorkerConfiguration(settings: settings)
         workerConfiguration.signingKeys = try GantryRuntime.verificationKeys(settings)
+        let pool = try ChildProcessPool(configuration: PoolConfiguration(settings: settings), logger: Logger(label: "gantry.pool"))
         let worker = try Worker(
-            configuration: workerConfiguration, registry: BuiltinTasks.registry, store: runtime.store, transport: runtime.transport,
-            dispatcher: runtime.dispatcher, logger: logger
+            configuration: workerConfiguration, registry: Self.registry, store: runtime.store, transport: runtime.transport,
+            dispatcher: runtime.dispatcher, pool: pool, logger: logger
         )
+        // Shutdown runs in reverse: the worker drains first, then the children stop.
         let group = ServiceGroup(configuration: ServiceGroupConfiguration(
-            services: [.init(service: worker)],
+            services: [.init(service: pool), .init(service: worker)],
             gracefulShutdownSignals: [.sigterm, .sigint],
             cancellationSignals: [],
             logger: logger
