@@ -13,9 +13,7 @@ struct ClusterOptions: ParsableArguments {
 
     /// Settings from the file, the environment and these flags.
     func settings() throws -> GantrySettings {
-        let environment = ProcessInfo.processInfo.environment
-        let named = config ?? environment["GANTRY_CONFIG"]
-        var settings = try GantrySettings.load(file: named ?? "config/gantry.yaml", environment: environment, fileMustExist: named != nil)
+        var settings = try GantrySettings.forProcess(explicitFile: config)
         if let redis { settings.set("redis.url", .string(redis), source: "--redis") }
         return settings
     }

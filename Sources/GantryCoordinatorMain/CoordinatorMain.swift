@@ -21,9 +21,7 @@ struct CoordinatorMain: AsyncParsableCommand {
     var broker: String?
 
     func run() async throws {
-        let environment = ProcessInfo.processInfo.environment
-        let named = config ?? environment["GANTRY_CONFIG"]
-        var settings = try GantrySettings.load(file: named ?? "config/gantry.yaml", environment: environment, fileMustExist: named != nil)
+        var settings = try GantrySettings.forProcess(explicitFile: config)
         if let broker { settings.set("broker.kind", .string(broker), source: "--broker") }
         JSONLogHandler.bootstrap(level: try GantryRuntime.logLevel(settings))
         let logger = Logger(label: "gantry.coordinator")

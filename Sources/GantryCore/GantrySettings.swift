@@ -109,6 +109,14 @@ public struct GantrySettings: Sendable {
         return settings
     }
 
+    /// The settings of a Gantry process: the file named by `--config` (`explicitFile`), else by
+    /// `GANTRY_CONFIG` (both must exist), else `config/gantry.yaml` when present; then the
+    /// environment.
+    public static func forProcess(explicitFile: String?, environment: [String: String] = ProcessInfo.processInfo.environment) throws -> GantrySettings {
+        let named = explicitFile ?? environment["GANTRY_CONFIG"]
+        return try load(file: named ?? "config/gantry.yaml", environment: environment, fileMustExist: named != nil)
+    }
+
     /// Applies a YAML document of sections.
     public mutating func apply(yaml: String, file: String) throws {
         let parsed: Any?

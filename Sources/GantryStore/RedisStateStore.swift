@@ -190,17 +190,8 @@ public final class RedisStateStore: Sendable {
 
     // MARK: Pipelined transitions
 
-    /// A claim request for ``claim(_:owner:lease:now:)``.
-    public struct ClaimRequest: Sendable {
-        public var runID: RunID
-        public var node: NodeID
-        public var epoch: UInt64
-        public init(runID: RunID, node: NodeID, epoch: UInt64) {
-            self.runID = runID
-            self.node = node
-            self.epoch = epoch
-        }
-    }
+    /// A claim request for ``claim(_:owner:lease:now:)``: the node and the epoch its message carries.
+    public typealias ClaimRequest = LeaseRef
 
     /// A commit request for ``commit(_:owner:now:)``.
     public struct CommitRequest: Sendable {
@@ -367,7 +358,7 @@ public final class RedisStateStore: Sendable {
     }
 }
 
-/// A lease held by a worker, for batched renewal.
+/// A node and an epoch: a lease held by a worker (for batched renewal), or a claim to make.
 public struct LeaseRef: Hashable, Sendable {
     public var runID: RunID
     public var node: NodeID

@@ -38,9 +38,7 @@ struct WorkerMain: AsyncParsableCommand {
     var broker: String?
 
     func run() async throws {
-        let environment = ProcessInfo.processInfo.environment
-        let named = config ?? environment["GANTRY_CONFIG"]
-        var settings = try GantrySettings.load(file: named ?? "config/gantry.yaml", environment: environment, fileMustExist: named != nil)
+        var settings = try GantrySettings.forProcess(explicitFile: config)
         if let queues { settings.set("worker.queues", .string(queues), source: "--queues") }
         if let concurrency { settings.set("worker.concurrency", .int(Int64(concurrency)), source: "--concurrency") }
         if let broker { settings.set("broker.kind", .string(broker), source: "--broker") }
