@@ -111,10 +111,10 @@ struct Cancel: AsyncParsableCommand {
         try await reportingErrors {
             let (store, _) = try await cluster.store()
             let id = try parseRun(run)
-            let state = try await store.cancel(id, reason: reason)
-            if state == .cancelled {
+            switch try await store.cancel(id, reason: reason) {
+            case .cancelled:
                 print("run \(id) cancelled")
-            } else {
+            case .alreadyEnded(let state):
                 print("run \(id) had already ended: \(state.rawValue)")
                 throw ExitCode(3)
             }

@@ -93,15 +93,31 @@ public final class RedisStateStore: Sendable {
         return CreatedRun(runID: runID, created: created, ready: readyNodes(runID, items, from: 1))
     }
 
-    /// Cancels a run. Returns the run's state afterwards (`.cancelled`, or its earlier final state).
+    /// What a cancellation did.
+    public enum CancelOutcome: Sendable, Hashable {
+        /// The run was running and is now cancelled.
+        case cancelled
+        /// The run had already ended in this state; nothing changed.
+        case alreadyEnded(RunState)
+    }
+
+    /// Cancels a run: unfinished nodes are cancelled, running ones learn it at their next renew.
     @discardableResult
-    public func cancel(_ run: RunID, reason: String = "cancelled by user", now: UInt64 = currentMilliseconds()) async throws -> RunState {
+    public func cancel(_ run: RunID, reason: String = "cancelled by user", now: UInt64 = currentMilliseconds()) async throws -> CancelOutcome {
         let reply = try await client.evalsha(StoreScripts.cancel, keys: [.string(runKey(run))], args: [.integer(Int(now)), .string(reason)])
-        guard let text = reply.string, let state = RunState(rawValue: text) else {
-            throw GantryError(.notFound, "run \(run) does not exist (or has expired)")
+        switch reply.string {
+        case "cancelled":
+            try await runFinished(run, state: .cancelled)
+            return .cancelled
+        case let text? where text.hasPrefix("ended:"):
+            guard let state = RunState(rawValue: String(text.dropFirst("ended:".count))) else { break }
+            return .alreadyEnded(state)
+        case "gone":
+            throw GantryError(.notFound, "run \(run) does not exist (or has expired); `gantry status` lists recent runs")
+        default:
+            break
         }
-        if state == .cancelled { try await runFinished(run, state: .cancelled) }
-        return state
+        throw scriptError("cancel", run, nil, reply)
     }
 
     // MARK: Node transitions

@@ -349,13 +349,14 @@ enum StoreScripts {
         """)
 
     /// Cancels a running run: every unfinished node is cancelled; running ones learn it at
-    /// their next renew. Returns `'cancelled'`, the run's earlier final state, or `'gone'`.
+    /// their next renew. Returns `'cancelled'`, `'ended:<state>'` if the run had already ended,
+    /// or `'gone'`.
     ///
     /// ARGV: now, reason.
     static let cancel = RedisScript(name: "cancel", source: full + """
         local s = redis.call('HGET', RUN, 's')
         if not s then return 'gone' end
-        if s ~= 'running' then return s end
+        if s ~= 'running' then return 'ended:' .. s end
         finish_run('cancelled', tonumber(ARGV[1]), ARGV[2])
         return 'cancelled'
         """)

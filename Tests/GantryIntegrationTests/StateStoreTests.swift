@@ -226,7 +226,7 @@ private func readyOf(_ outcome: CommitOutcome) -> [ReadyNode] {
         #expect(status.stages.map(\.state) == [.cancelled, .cancelled, .cancelled])
         #expect(try await store.commit(a.runID, a.node, epoch: 1, owner: "w", result: []) == .stale)
         #expect(try await store.staleCommits(a.runID) == 0)  // a cancelled node's late result is not a fencing event
-        #expect(try await store.cancel(a.runID) == .cancelled)
+        #expect(try await store.cancel(a.runID) == .alreadyEnded(.cancelled))
         await #expect(throws: GantryError.self) { try await store.cancel(RunID.make()) }
     }
 
