@@ -147,7 +147,10 @@ let package = Package(
             name: "GantryBenchmarks",
             dependencies: [
                 "GantryCore", "GantryRedis", "GantryStore", "GantryKafka", "GantryAMQP",
+                "GantryRuntime", "GantryWorker", "GantryCoordinator", "GantryTasks",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             swiftSettings: swiftSettings
         ),

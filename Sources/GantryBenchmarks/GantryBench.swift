@@ -7,6 +7,6 @@ struct GantryBench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "gantry-bench",
         abstract: "Gantry benchmarks against the local stack.",
-        subcommands: [StoreBenchmark.self, KafkaTransportBenchmark.self, RabbitMQTransportBenchmark.self]
+        subcommands: [StoreBenchmark.self, KafkaTransportBenchmark.self, RabbitMQTransportBenchmark.self, DAGBenchmark.self]
     )
 }
