@@ -9,7 +9,8 @@ public struct TaskContext: Sendable {
     /// The stage's `args` from the pipeline.
     public var args: JSONValue
     /// Results of the stages this one depends on, by stage name. For a mapped upstream stage the
-    /// value is the JSON array of its element results.
+    /// value is the JSON array of its element results. An element of a mapped stage gets its
+    /// element as its input, and here only its other dependencies' results.
     public var upstream: [StageName: [UInt8]]
     /// When the attempt must finish, in Unix milliseconds, if there is a deadline.
     public var deadlineMilliseconds: UInt64?

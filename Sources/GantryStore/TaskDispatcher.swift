@@ -63,12 +63,15 @@ public final class TaskDispatcher: Sendable {
 
     /// Publishes `nodes`, grouped by queue, each queue's batch confirmed by the broker.
     ///
-    /// Root nodes carry the run input as their payload (`rootInput`, or read from Redis); other
-    /// nodes carry none: the worker reads their upstream results from Redis.
+    /// Root nodes carry the run input as their payload (`rootInput`, or read from Redis); an
+    /// element of a mapped stage carries its element of the upstream list, read and parsed once
+    /// per batch rather than once per element; other nodes carry none: the worker reads their
+    /// upstream results from Redis.
     public func publish(_ nodes: [ReadyNode], rootInput: [UInt8]? = nil) async throws {
         guard !nodes.isEmpty else { return }
         var byQueue: [String: [OutgoingMessage]] = [:]
         var inputs: [RunID: [UInt8]] = [:]
+        var lists: [String: [JSONValue]] = [:]
         let now = currentMilliseconds()
         // The stage timeout is applied by the worker from when the attempt starts, not here:
         // a task may wait in a queue far longer than it may run.
@@ -78,7 +81,20 @@ public final class TaskDispatcher: Sendable {
                 throw GantryError(.notFound, "run \(ready.runID) has no stage '\(ready.node.stage)'")
             }
             var payload: [UInt8] = []
-            if stage.after.isEmpty {
+            if let map = stage.map, let index = ready.node.index {
+                let key = "\(ready.runID)/\(map)"
+                if lists[key] == nil {
+                    let results = try await store.upstreamResults(ready.runID, stages: [map])
+                    guard let list = try? JSONValue(parsing: results[map] ?? []).arrayValue else {
+                        throw GantryError(.invalidArgument, "stage '\(stage.name)' maps over '\(map)', whose result is not a JSON list")
+                    }
+                    lists[key] = list
+                }
+                guard let list = lists[key], index < list.count else {
+                    throw GantryError(.notFound, "element \(index) of '\(map)' does not exist in run \(ready.runID)")
+                }
+                payload = StageInput.encodeElement(list[index])
+            } else if stage.after.isEmpty {
                 if let rootInput {
                     payload = rootInput
                 } else if let cached = inputs[ready.runID] {

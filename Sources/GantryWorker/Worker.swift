@@ -181,8 +181,12 @@ public final class Worker: Service, Sendable {
         }
         do {
             let definition = try registry.require(envelope.task)
-            let upstream = stage.after.isEmpty ? [:] : try await withStore { try await self.store.upstreamResults(run, stages: stage.after) }
-            let input = try StageInput.assemble(stage: stage, index: node.index, runInput: envelope.payload, upstream: upstream)
+            // A mapped element arrives with its element as the payload; the list it came from is
+            // not read again. Other dependencies' results are read from Redis.
+            let isElement = stage.map != nil && node.index != nil
+            let needed = isElement ? stage.after.filter { $0 != stage.map } : stage.after
+            let upstream = needed.isEmpty ? [:] : try await withStore { try await self.store.upstreamResults(run, stages: needed) }
+            let input = isElement ? envelope.payload : try StageInput.assemble(stage: stage, index: nil, runInput: envelope.payload, upstream: upstream)
             let context = TaskContext(runID: run, node: node, attempt: attempt, args: stage.args, upstream: upstream, deadlineMilliseconds: envelope.deadlineMilliseconds)
             if stage.kind == .cpu, let pool {
                 // The pool enforces the timeout itself (SIGTERM → SIGKILL) while this process keeps
