@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import GantryCore
 import GantryKafka
+import Logging
 
 /// Publish → consume → ack throughput of the Kafka transport, beside kcat producing and
 /// consuming the same number of records of the same size against the same broker in the same
@@ -44,6 +45,9 @@ struct KafkaTransportBenchmark: AsyncParsableCommand {
     @Option(help: "Consumer credit: deliveries unsettled at once.")
     var credit = 256
 
+    @Option(help: "Bytes a consumer fetches ahead of its workers (KafkaTransportConfiguration.prefetchBytes).")
+    var prefetchBytes = KafkaTransportConfiguration().prefetchBytes
+
     @Option(help: "The kcat executable.")
     var kcat = "/usr/bin/kcat"
 
@@ -61,6 +65,7 @@ struct KafkaTransportBenchmark: AsyncParsableCommand {
                 "messages": .int(Int64(count)),
                 "partitions": .int(Int64(partitions)),
                 "credit": .int(Int64(credit)),
+                "prefetch_bytes": .int(Int64(prefetchBytes)),
                 "publish_batch": .int(Int64(batch)),
                 "publishers": .int(Int64(publishers)),
                 "gantry_publish_per_s": .int(Int64(Double(count) / gantry.publish)),
@@ -90,9 +95,10 @@ struct KafkaTransportBenchmark: AsyncParsableCommand {
             kafka: KafkaConfiguration(bootstrapServers: brokers.split(separator: ",").map(String.init), clientID: "gantry-bench"),
             groupID: "gantry-bench-\(tag)"
         )
+        configuration.prefetchBytes = prefetchBytes
         configuration.consumerProperties["session.timeout.ms"] = "6000"
         configuration.consumerProperties["heartbeat.interval.ms"] = "500"
-        let transport = try KafkaTransport(configuration: configuration)
+        let transport = try KafkaTransport(configuration: configuration, logger: Logger(label: "gantry.bench.kafka"))
         try await transport.declare(queues: [queue])
         let keys = Self.balancedKeys(partitions: partitions)
         let payload = [UInt8](repeating: UInt8(ascii: "x"), count: size)
@@ -189,11 +195,11 @@ struct KafkaTransportBenchmark: AsyncParsableCommand {
         process.arguments = arguments
         process.standardInput = FileHandle.nullDevice
         let errorURL = FileManager.default.temporaryDirectory.appendingPathComponent("gantry-bench-\(UUID().uuidString).err")
-        FileManager.default.createFile(atPath: errorURL.path, contents: nil)
+        _ = FileManager.default.createFile(atPath: errorURL.path, contents: nil)
         defer { try? FileManager.default.removeItem(at: errorURL) }
         process.standardError = try FileHandle(forWritingTo: errorURL)
         if let output {
-            FileManager.default.createFile(atPath: output.path, contents: nil)
+            _ = FileManager.default.createFile(atPath: output.path, contents: nil)
             process.standardOutput = try FileHandle(forWritingTo: output)
         } else {
             process.standardOutput = FileHandle.nullDevice

@@ -33,10 +33,26 @@ public final class KafkaConsumer: Sendable {
     /// - Throws: ``GantryError`` with code `configuration` when a property is unknown or
     ///   invalid, when it sets a key Gantry controls (`enable.auto.commit`,
     ///   `group.id`), or when a size in `consumer` is not positive.
-    public init(
+    public convenience init(
         configuration: KafkaConfiguration,
         consumer: KafkaConsumerConfiguration,
         logger: Logger = Logger(label: "gantry.kafka.consumer")
+    ) throws {
+        try self.init(configuration: configuration, consumer: consumer, logger: logger, sink: nil)
+    }
+
+    /// Creates the consumer; with a `sink`, every event goes to it, on the polling thread and
+    /// in order, instead of to ``events`` (which then only ends at close), and the buffer and
+    /// its capacity are not used: the sink's owner bounds what it keeps with
+    /// ``pauseFetching(_:)``.
+    ///
+    /// The sink must return quickly and must not wait for the consumer (a commit completes on
+    /// the polling thread). It is called last with ``SinkEvent/finished(_:)``.
+    init(
+        configuration: KafkaConfiguration,
+        consumer: KafkaConsumerConfiguration,
+        logger: Logger,
+        sink: (@Sendable (KafkaConsumer.SinkEvent) -> Void)?
     ) throws {
         guard !consumer.groupID.isEmpty else {
             throw GantryError(.configuration, "the Kafka consumer group id is empty; set KafkaConsumerConfiguration.groupID")
@@ -45,7 +61,12 @@ public final class KafkaConsumer: Sendable {
             throw GantryError(.configuration, "Kafka consumer maxBatchSize (\(consumer.maxBatchSize)) and bufferCapacity (\(consumer.bufferCapacity)) must be positive")
         }
         let conf = try configuration.makeRDKafkaConf(
-            defaults: ["auto.offset.reset": consumer.autoOffsetReset.rawValue],
+            defaults: [
+                "auto.offset.reset": consumer.autoOffsetReset.rawValue,
+                // An idle partition's fetch is answered after this long; librdkafka's 500 ms
+                // would be the latency of every hop of a pipeline.
+                "fetch.wait.max.ms": "10",
+            ],
             enforced: [
                 "group.id": consumer.groupID,
                 "enable.auto.commit": "false",
@@ -59,7 +80,7 @@ public final class KafkaConsumer: Sendable {
                 | RD_KAFKA_EVENT_ERROR | RD_KAFKA_EVENT_LOG),
             consumer: true
         )
-        let core = KafkaConsumerCore(client: client, configuration: consumer, logger: logger)
+        let core = KafkaConsumerCore(client: client, configuration: consumer, logger: logger, sink: sink)
         KafkaThread.start(name: "gantry-kcons") { core.pollLoop() }
         self.core = core
     }
@@ -111,17 +132,20 @@ public final class KafkaConsumer: Sendable {
         core.state.withLock { $0.assignment }
     }
 
-    /// Tells the consumer that the application moved `delta` records (negative: gave them
-    /// out or dropped them) into a queue of its own after reading them from ``events``.
+    /// Pauses (or resumes) fetching on the application's behalf, in addition to the pause the
+    /// consumer applies itself while its buffer is full; the consumer stays in its group and
+    /// keeps delivering rebalance events.
     ///
-    /// Held records count against ``KafkaConsumerConfiguration/bufferCapacity``: an
-    /// application that reads events promptly (so that it sees rebalances at once) but hands
-    /// records to its workers more slowly still makes the consumer pause fetching.
-    func holdRecords(_ delta: Int) {
-        core.adjustHeldRecords(by: delta)
+    /// For an application that reads ``events`` promptly (so that it sees rebalances at once)
+    /// into a queue of its own and bounds that queue. librdkafka drops the records it fetched
+    /// ahead when partitions pause and fetches them again on resume, so pause with hysteresis,
+    /// not per record.
+    func pauseFetching(_ paused: Bool) {
+        core.setApplicationPaused(paused)
     }
 
-    /// Whether fetching is paused because the buffer is full (for tests and diagnostics).
+    /// Whether fetching is paused, by a full buffer or the application (for tests and
+    /// diagnostics).
     var isFetchPaused: Bool {
         core.state.withLock { $0.paused }
     }
@@ -131,5 +155,15 @@ public final class KafkaConsumer: Sendable {
     /// delivered again to the group. Calling it again does nothing.
     public func close() async {
         await core.close()
+    }
+}
+
+extension KafkaConsumer {
+    /// What a consumer created with a sink hands it, on its polling thread.
+    enum SinkEvent: Sendable {
+        /// The next event, as ``KafkaConsumer/events`` would have delivered it.
+        case event(KafkaConsumerEvent)
+        /// The consumer closed (asked to, or after a fatal error, given here); nothing follows.
+        case finished(GantryError?)
     }
 }

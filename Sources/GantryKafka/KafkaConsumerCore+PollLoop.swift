@@ -22,9 +22,12 @@ extension KafkaConsumerCore {
             if closeStarted && rd_kafka_consumer_closed(client.handle) != 0 { break }
 
             var batch: [KafkaRecord] = []
+            // The records of a batch mostly share a topic: its name is read once per change
+            // (their messages hold the topic handle, so the pointer is not reused meanwhile).
+            var topic: (handle: OpaquePointer?, name: String) = (nil, "")
             if var event = rd_kafka_queue_poll(client.queue, 100) {
                 while true {
-                    let endBatch = handle(event: event, batch: &batch)
+                    let endBatch = handle(event: event, batch: &batch, topic: &topic)
                     rd_kafka_event_destroy(event)
                     guard !endBatch, batch.count < configuration.maxBatchSize,
                         let next = rd_kafka_queue_poll(client.queue, 0)
@@ -76,7 +79,7 @@ extension KafkaConsumerCore {
 
     /// Serves one event. Returns true when the current batch must end here (a rebalance
     /// changes what the following records mean).
-    private func handle(event: OpaquePointer, batch: inout [KafkaRecord]) -> Bool {
+    private func handle(event: OpaquePointer, batch: inout [KafkaRecord], topic: inout (handle: OpaquePointer?, name: String)) -> Bool {
         switch rd_kafka_event_type(event) {
         case RD_KAFKA_EVENT_FETCH:
             let revoking = state.withLock { $0.revoking }
@@ -88,7 +91,10 @@ extension KafkaConsumerCore {
                     }
                     continue
                 }
-                let record = Self.record(from: message)
+                if message.pointee.rkt != topic.handle {
+                    topic = (message.pointee.rkt, message.pointee.rkt.map { String(cString: rd_kafka_topic_name($0)) } ?? "")
+                }
+                let record = Self.record(from: message, topic: topic.name)
                 // Records of partitions being revoked belong to their next owner.
                 if revoking.contains(record.topicPartition) { continue }
                 batch.append(record)
@@ -128,9 +134,8 @@ extension KafkaConsumerCore {
         }
     }
 
-    private static func record(from message: UnsafePointer<rd_kafka_message_t>) -> KafkaRecord {
+    private static func record(from message: UnsafePointer<rd_kafka_message_t>, topic: String) -> KafkaRecord {
         let m = message.pointee
-        let topic = m.rkt.map { String(cString: rd_kafka_topic_name($0)) } ?? ""
         var headers: [KafkaHeader] = []
         var cHeaders: OpaquePointer?
         // The headers stay owned by the message.
@@ -264,8 +269,12 @@ extension KafkaConsumerCore {
         }
     }
 
-    /// Hands an event to the waiting `next()` or appends it to the buffer.
+    /// Hands an event to the sink, or to the waiting `next()`, or appends it to the buffer.
     private func deliver(_ event: KafkaConsumerEvent) {
+        if let sink {
+            sink(.event(event))
+            return
+        }
         let waiter: CheckedContinuation<KafkaConsumerEvent?, any Error>? = state.withLock { state in
             if state.bufferIsEmpty, let waiter = state.waiter {
                 state.waiter = nil
@@ -288,20 +297,20 @@ extension KafkaConsumerCore {
         waiter?.resume(returning: event)
     }
 
-    /// Pauses fetching while the buffer is at capacity and resumes it once half is read.
+    /// Pauses fetching while the buffer is at capacity (resuming once half is read) or while
+    /// the application asks for it.
     private func applyBackpressure() {
         enum Action { case pause, resume }
         let decision: (Action, Set<KafkaTopicPartition>)? = state.withLock { state in
-            let load = state.bufferedRecords + state.heldRecords
-            if !state.paused && load >= configuration.bufferCapacity {
-                state.paused = true
-                return (.pause, state.assignment)
+            if !state.bufferFull && state.bufferedRecords >= configuration.bufferCapacity {
+                state.bufferFull = true
+            } else if state.bufferFull && state.bufferedRecords <= configuration.bufferCapacity / 2 {
+                state.bufferFull = false
             }
-            if state.paused && load <= configuration.bufferCapacity / 2 {
-                state.paused = false
-                return (.resume, state.assignment)
-            }
-            return nil
+            let pause = state.bufferFull || state.applicationPaused
+            guard pause != state.paused else { return nil }
+            state.paused = pause
+            return (pause ? .pause : .resume, state.assignment)
         }
         guard let (action, partitions) = decision, !partitions.isEmpty else { return }
         let list = makeKafkaTopicPartitionList(partitions.map { ($0.topic, $0.partition, Int64(RD_KAFKA_OFFSET_INVALID)) })
@@ -310,7 +319,7 @@ extension KafkaConsumerCore {
         // after the last one delivered.
         switch action {
         case .pause:
-            logger.debug("Kafka consumer buffer full; pausing fetch", metadata: ["buffered": "\(configuration.bufferCapacity)"])
+            logger.debug("Kafka consumer pausing fetch", metadata: ["buffered": "\(configuration.bufferCapacity)"])
             _ = rd_kafka_pause_partitions(client.handle, list)
         case .resume:
             _ = rd_kafka_resume_partitions(client.handle, list)
@@ -324,6 +333,7 @@ extension KafkaConsumerCore {
         var commandWaiters: [CheckedContinuation<Void, any Error>] = []
         var waiter: CheckedContinuation<KafkaConsumerEvent?, any Error>?
         var terminal: GantryError?
+        var sinkFailure: GantryError?
         let closeWaiters: [CheckedContinuation<Void, Never>] = state.withLock { state in
             // Callers check `.closed` under this lock before queueing commands: nothing uses
             // the handle after this.
@@ -344,6 +354,10 @@ extension KafkaConsumerCore {
             state.assignment = []
             waiter = state.waiter
             state.waiter = nil
+            if sink != nil {
+                sinkFailure = state.terminalError
+                state.terminalError = nil
+            }
             if waiter != nil {
                 terminal = state.terminalError
                 state.terminalError = nil
@@ -358,6 +372,7 @@ extension KafkaConsumerCore {
         if let waiter {
             if let terminal { waiter.resume(throwing: terminal) } else { waiter.resume(returning: nil) }
         }
+        sink?(.finished(terminal ?? sinkFailure))
         for continuation in closeWaiters { continuation.resume() }
     }
 }

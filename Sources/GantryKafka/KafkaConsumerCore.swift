@@ -40,10 +40,10 @@ final class KafkaConsumerCore: Sendable {
         var buffer: [KafkaConsumerEvent] = []
         var bufferHead = 0
         var bufferedRecords = 0
-        /// Records the application took from ``buffer`` but still queues on its own side
-        /// (``KafkaConsumer/holdRecords(_:)``). They count against the buffer capacity, so an
-        /// application that reads ahead of its workers still pauses fetching.
-        var heldRecords = 0
+        /// The application asked to pause fetching (``KafkaConsumer/pauseFetching(_:)``).
+        var applicationPaused = false
+        /// The buffer reached its capacity and has not been read down to half yet.
+        var bufferFull = false
         /// The application's `next()` waiting for an event.
         var waiter: CheckedContinuation<KafkaConsumerEvent?, any Error>?
         /// A fatal error, thrown once by `next()` after the buffer is drained.
@@ -73,9 +73,12 @@ final class KafkaConsumerCore: Sendable {
     let client: RDKafkaClient
     let configuration: KafkaConsumerConfiguration
     let logger: Logger
+    /// Where events go instead of the buffer, if set (see `KafkaConsumer.init(…sink:)`).
+    let sink: (@Sendable (KafkaConsumer.SinkEvent) -> Void)?
     let state = Mutex(State())
 
-    init(client: RDKafkaClient, configuration: KafkaConsumerConfiguration, logger: Logger) {
+    init(client: RDKafkaClient, configuration: KafkaConsumerConfiguration, logger: Logger, sink: (@Sendable (KafkaConsumer.SinkEvent) -> Void)?) {
+        self.sink = sink
         self.client = client
         self.configuration = configuration
         self.logger = logger
@@ -106,7 +109,7 @@ final class KafkaConsumerCore: Sendable {
                 let ready: Result<KafkaConsumerEvent?, GantryError>? = state.withLock { state in
                     if let event = state.popEvent() {
                         // Resumes fetching now rather than at the next poll timeout.
-                        wake = state.paused && state.bufferedRecords + state.heldRecords <= configuration.bufferCapacity / 2
+                        wake = state.bufferFull && state.bufferedRecords <= configuration.bufferCapacity / 2
                         return .success(event)
                     }
                     if let error = state.terminalError {
@@ -137,15 +140,13 @@ final class KafkaConsumerCore: Sendable {
         }
     }
 
-    /// Adds `delta` to the records the application holds outside the buffer; wakes the
-    /// polling thread when that lets paused fetching resume.
-    func adjustHeldRecords(by delta: Int) {
-        guard delta != 0 else { return }
-        let wake: Bool = state.withLock { state in
-            state.heldRecords = max(0, state.heldRecords + delta)
-            return delta < 0 && state.paused && state.bufferedRecords + state.heldRecords <= configuration.bufferCapacity / 2
+    /// Sets the application's pause; wakes the polling thread to apply a change at once.
+    func setApplicationPaused(_ paused: Bool) {
+        let changed: Bool = state.withLock { state in
+            defer { state.applicationPaused = paused }
+            return state.applicationPaused != paused
         }
-        if wake { client.wakeUp() }
+        if changed { client.wakeUp() }
     }
 
     func finishRevocation(_ id: UInt) {

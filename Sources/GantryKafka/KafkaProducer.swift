@@ -30,7 +30,8 @@ public final class KafkaProducer: Sendable {
     ///   invalid, or sets a key Gantry controls (`enable.idempotence`).
     public init(configuration: KafkaConfiguration, logger: Logger = Logger(label: "gantry.kafka.producer")) throws {
         let conf = try configuration.makeRDKafkaConf(
-            defaults: [:],
+            // A task waits for its publish: batch for at most 1 ms rather than librdkafka's 5.
+            defaults: ["linger.ms": "1"],
             enforced: ["enable.idempotence": "true", "log.queue": "true"]
         )
         let client = try RDKafkaClient(
@@ -73,8 +74,7 @@ public final class KafkaProducer: Sendable {
     /// See ``send(topic:key:value:headers:)``.
     @discardableResult
     public func send(_ message: KafkaOutgoingMessage) async throws -> KafkaDeliveryReport {
-        let id = try await core.enqueue(message)
-        return try await core.awaitDelivery(id)
+        try await core.send([message])[0]
     }
 
     /// Enqueues all `messages` at once, then waits for every delivery report.
@@ -87,35 +87,7 @@ public final class KafkaProducer: Sendable {
     ///   the records may have been stored; sending the whole batch again is safe for
     ///   at-least-once consumers.
     public func sendAll(_ messages: [KafkaOutgoingMessage]) async throws -> [KafkaDeliveryReport] {
-        var ids: [UInt] = []
-        ids.reserveCapacity(messages.count)
-        do {
-            for message in messages {
-                ids.append(try await core.enqueue(message))
-            }
-        } catch {
-            core.abandon(ids)
-            throw error
-        }
-        var reports: [KafkaDeliveryReport] = []
-        reports.reserveCapacity(ids.count)
-        var firstError: (any Error)?
-        var failures = 0
-        for id in ids {
-            do {
-                reports.append(try await core.awaitDelivery(id))
-            } catch {
-                failures += 1
-                if firstError == nil { firstError = error }
-            }
-        }
-        if let firstError {
-            if failures == 1 { throw firstError }
-            let detail = (firstError as? GantryError)?.message ?? "\(firstError)"
-            let code = (firstError as? GantryError)?.code ?? .commandFailed
-            throw GantryError(code, "\(failures) of \(ids.count) records were not delivered; first: \(detail)", underlying: firstError)
-        }
-        return reports
+        try await core.send(messages)
     }
 
     /// Waits until every record sent so far has its delivery report.

@@ -27,35 +27,29 @@ extension KafkaProducerCore {
     private func handle(event: OpaquePointer) {
         switch rd_kafka_event_type(event) {
         case RD_KAFKA_EVENT_DR:
-            var resumes: [(CheckedContinuation<KafkaDeliveryReport, any Error>, Result<KafkaDeliveryReport, GantryError>)] = []
             var results: [(UInt, Result<KafkaDeliveryReport, GantryError>)] = []
+            results.reserveCapacity(rd_kafka_event_message_count(event))
+            // The records of one event mostly share a topic: its name is read once per change.
+            var lastTopic: OpaquePointer?
+            var topicName = "?"
             while let message = rd_kafka_event_message_next(event) {
-                let id = UInt(bitPattern: message.pointee._private)
-                let topic = message.pointee.rkt.map { String(cString: rd_kafka_topic_name($0)) } ?? "?"
+                let opaque = UInt(bitPattern: message.pointee._private)
+                if message.pointee.rkt != lastTopic {
+                    lastTopic = message.pointee.rkt
+                    topicName = lastTopic.map { String(cString: rd_kafka_topic_name($0)) } ?? "?"
+                }
                 if message.pointee.err == RD_KAFKA_RESP_ERR_NO_ERROR {
-                    let report = KafkaDeliveryReport(topic: topic, partition: message.pointee.partition, offset: message.pointee.offset)
-                    results.append((id, .success(report)))
+                    let report = KafkaDeliveryReport(topic: topicName, partition: message.pointee.partition, offset: message.pointee.offset)
+                    results.append((opaque, .success(report)))
                 } else {
-                    let error = GantryError(kafka: message.pointee.err, "delivering a record to topic '\(topic)' failed")
-                    results.append((id, .failure(error)))
+                    let error = GantryError(kafka: message.pointee.err, "delivering a record to topic '\(topicName)' failed")
+                    results.append((opaque, .failure(error)))
                 }
             }
-            state.withLock { state in
-                for (id, result) in results {
-                    guard let delivery = state.deliveries[id] else { continue }
-                    state.inFlight -= 1
-                    switch delivery {
-                    case .pending:
-                        state.deliveries[id] = .done(result)
-                    case .waiting(let continuation):
-                        state.deliveries[id] = nil
-                        resumes.append((continuation, result))
-                    case .abandoned, .done:
-                        state.deliveries[id] = nil
-                    }
-                }
+            let completed = state.withLock { state in
+                results.compactMap { state.report($0.0, $0.1) }
             }
-            for (continuation, result) in resumes { continuation.resume(with: result) }
+            for (continuation, result) in completed { continuation.resume(with: result) }
         case RD_KAFKA_EVENT_ERROR:
             let code = rd_kafka_event_error(event)
             let reason = String(cString: rd_kafka_event_error_string(event))
@@ -101,7 +95,7 @@ extension KafkaProducerCore {
 
     /// Destroys the handle and fails everything still waiting.
     private func finish() {
-        var deliveries: [CheckedContinuation<KafkaDeliveryReport, any Error>] = []
+        var waiters: [CheckedContinuation<[KafkaDeliveryReport], any Error>] = []
         var flushes: [CheckedContinuation<Void, any Error>] = []
         var purge = false
         let stopWaiters: [CheckedContinuation<Void, Never>] = state.withLock { state in
@@ -109,18 +103,26 @@ extension KafkaProducerCore {
             // this lock before calling librdkafka.
             state.lifecycle = .stopped
             purge = state.inFlight > 0
-            for (id, delivery) in state.deliveries {
-                switch delivery {
-                case .waiting(let continuation):
-                    deliveries.append(continuation)
-                    state.deliveries[id] = nil
-                case .pending:
-                    state.deliveries[id] = .done(.failure(GantryError(.closed, "the Kafka producer was closed before the record was delivered")))
-                case .abandoned, .done:
-                    break
+            for (id, batch) in state.batches {
+                if let waiter = batch.waiter {
+                    waiters.append(waiter)
+                    state.batches[id] = nil
+                } else if batch.abandoned {
+                    state.batches[id] = nil
+                } else {
+                    // Its sender has not waited yet: it will find the batch complete and failed.
+                    state.batches[id]!.failures += batch.outstanding
+                    state.batches[id]!.outstanding = 0
+                    if batch.firstError == nil {
+                        state.batches[id]!.firstError = GantryError(.closed, "the Kafka producer was closed before the record was delivered")
+                    }
                 }
             }
             state.inFlight = 0
+            // Topic handles hold references on the client, so they go before it; destroying one
+            // only drops a reference, which is fine under the lock.
+            for topic in state.topics.values { rd_kafka_topic_destroy(topic) }
+            state.topics = [:]
             flushes = state.flushWaiters.values.map(\.continuation)
             state.flushWaiters = [:]
             defer { state.stopWaiters = [] }
@@ -131,7 +133,7 @@ extension KafkaProducerCore {
             _ = rd_kafka_purge(client.handle, Int32(RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT))
         }
         client.destroy()
-        for continuation in deliveries {
+        for continuation in waiters {
             continuation.resume(throwing: GantryError(.closed, "the Kafka producer was closed before the record was delivered"))
         }
         for continuation in flushes {

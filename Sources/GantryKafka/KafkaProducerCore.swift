@@ -5,16 +5,53 @@ import Synchronization
 
 /// The producer's state, shared between the callers and the polling thread.
 final class KafkaProducerCore: Sendable {
-    /// Where one record's delivery stands.
-    enum Delivery {
-        /// Enqueued; nobody waits yet and no report came.
-        case pending
-        /// A sender waits for the report.
-        case waiting(CheckedContinuation<KafkaDeliveryReport, any Error>)
-        /// The report came before anybody waited.
-        case done(Result<KafkaDeliveryReport, GantryError>)
-        /// The sender gave up (cancelled); the report is dropped when it comes.
-        case abandoned
+    /// The records of one ``send(_:)`` call and their delivery reports.
+    struct Batch {
+        /// Reports by record index; nil until each comes.
+        var reports: [KafkaDeliveryReport?]
+        /// Records handed to librdkafka whose report has not come.
+        var outstanding = 0
+        /// Every record was handed to librdkafka (or the sender gave up on the rest).
+        var sealed = false
+        var failures = 0
+        var firstError: GantryError?
+        /// The sender waiting for the last report.
+        var waiter: CheckedContinuation<[KafkaDeliveryReport], any Error>?
+        /// The sender gave up (cancelled, or enqueueing failed): reports are dropped as they
+        /// come, and the batch goes with the last.
+        var abandoned = false
+
+        init(count: Int) {
+            reports = [KafkaDeliveryReport?](repeating: nil, count: count)
+        }
+
+        mutating func enqueued(_ count: Int) {
+            outstanding += count
+        }
+
+        /// Records one report; returns whether the batch is complete.
+        mutating func record(_ index: Int, _ result: Result<KafkaDeliveryReport, GantryError>) -> Bool {
+            outstanding -= 1
+            switch result {
+            case .success(let report):
+                reports[index] = report
+            case .failure(let error):
+                failures += 1
+                if firstError == nil { firstError = error }
+            }
+            return isComplete
+        }
+
+        var isComplete: Bool { sealed && outstanding == 0 }
+
+        /// What the sender gets once the batch is complete.
+        var result: Result<[KafkaDeliveryReport], any Error> {
+            guard let firstError else { return .success(reports.map { $0! }) }
+            if failures == 1 { return .failure(firstError) }
+            return .failure(GantryError(
+                firstError.code, "\(failures) of \(reports.count) records were not delivered; first: \(firstError.message)",
+                underlying: firstError))
+        }
     }
 
     enum Lifecycle {
@@ -35,8 +72,8 @@ final class KafkaProducerCore: Sendable {
 
     struct State {
         var lifecycle = Lifecycle.running
-        var nextID: UInt = 1
-        var deliveries: [UInt: Delivery] = [:]
+        var nextBatch: UInt32 = 1
+        var batches: [UInt32: Batch] = [:]
         /// Records enqueued in librdkafka whose delivery report has not come.
         var inFlight = 0
         var nextWaiterID: UInt = 1
@@ -44,6 +81,67 @@ final class KafkaProducerCore: Sendable {
         var stopWaiters: [CheckedContinuation<Void, Never>] = []
         /// A fatal error (idempotence broken beyond repair): every later send fails with it.
         var fatal: GantryError?
+        /// librdkafka topic handles by name, destroyed with the client. Creating one makes
+        /// librdkafka ask for the topic's leaders at once; a topic known only by the name given
+        /// to `rd_kafka_produceva` waits for librdkafka's one-second topic scan, so the first
+        /// record to every new topic would take a second.
+        var topics: [String: OpaquePointer] = [:]
+
+        /// A new batch of `count` records, registered before librdkafka sees any of them: a
+        /// report may come at once.
+        mutating func register(count: Int) -> UInt32 {
+            while batches[nextBatch] != nil || nextBatch == 0 { nextBatch &+= 1 }
+            let id = nextBatch
+            nextBatch &+= 1
+            batches[id] = Batch(count: count)
+            return id
+        }
+
+        mutating func topicHandle(_ name: String, client: OpaquePointer) -> OpaquePointer? {
+            if let known = topics[name] { return known }
+            guard let created = rd_kafka_topic_new(client, name, nil) else { return nil }
+            topics[name] = created
+            return created
+        }
+
+        /// Seals the batch; returns its result when complete, or parks `continuation`.
+        mutating func wait(for id: UInt32, _ continuation: CheckedContinuation<[KafkaDeliveryReport], any Error>) -> Result<[KafkaDeliveryReport], any Error>? {
+            guard var batch = batches[id], !batch.abandoned else {
+                return .failure(GantryError(.cancelled, "waiting for delivery reports was cancelled"))
+            }
+            batch.sealed = true
+            if batch.isComplete {
+                batches[id] = nil
+                return batch.result
+            }
+            batch.waiter = continuation
+            batches[id] = batch
+            return nil
+        }
+
+        /// The sender gives up on the batch; returns its waiter, to resume with an error.
+        mutating func abandon(_ id: UInt32) -> CheckedContinuation<[KafkaDeliveryReport], any Error>? {
+            guard var batch = batches[id] else { return nil }
+            let waiter = batch.waiter
+            batch.waiter = nil
+            batch.abandoned = true
+            batch.sealed = true
+            batches[id] = batch.outstanding == 0 ? nil : batch
+            return waiter
+        }
+
+        /// Records a delivery report; returns the sender to resume when it completed a batch.
+        mutating func report(_ opaque: UInt, _ result: Result<KafkaDeliveryReport, GantryError>) -> (CheckedContinuation<[KafkaDeliveryReport], any Error>, Result<[KafkaDeliveryReport], any Error>)? {
+            let id = UInt32(truncatingIfNeeded: opaque >> 32)
+            let index = Int(UInt32(truncatingIfNeeded: opaque))
+            // In place, so the batch's report array is not copied.
+            guard let complete = batches[id]?.record(index, result) else { return nil }
+            inFlight -= 1
+            guard complete else { return nil }
+            let batch = batches.removeValue(forKey: id)!
+            guard !batch.abandoned, let waiter = batch.waiter else { return nil }
+            return (waiter, batch.result)
+        }
     }
 
     let client: RDKafkaClient
@@ -57,53 +155,103 @@ final class KafkaProducerCore: Sendable {
 
     // MARK: Sending
 
-    /// Hands one record to librdkafka and returns its id; waits (without blocking) while
-    /// librdkafka's queue is full.
-    func enqueue(_ message: KafkaOutgoingMessage) async throws -> UInt {
-        while true {
-            let outcome: Result<UInt, GantryError>? = state.withLock { state in
-                switch state.lifecycle {
-                case .running: break
-                case .closing, .stopping, .stopped:
-                    return .failure(GantryError(.closed, "the Kafka producer is closed; create a new one to send to topic '\(message.topic)'"))
-                }
-                if let fatal = state.fatal { return .failure(fatal) }
-                let id = state.nextID
-                state.nextID += 1
-                // Registered before librdkafka sees the record: its report may come at once.
-                state.deliveries[id] = .pending
-                // Called under the lock so that the polling thread cannot destroy the handle
-                // meanwhile; rd_kafka_produceva does not block without RD_KAFKA_MSG_F_BLOCK.
-                let error = Self.produce(client.handle, message, id: id)
-                guard let error else {
-                    state.inFlight += 1
-                    return .success(id)
-                }
-                state.deliveries[id] = nil
-                let code = rd_kafka_error_code(error)
-                if code == RD_KAFKA_RESP_ERR__QUEUE_FULL {
-                    rd_kafka_error_destroy(error)
-                    return nil
-                }
-                return .failure(GantryError(consuming: error, "could not enqueue a record for topic '\(message.topic)'"))
-            }
-            switch outcome {
-            case .success(let id): return id
-            case .failure(let error): throw error
-            case nil:
-                // librdkafka's local queue (queue.buffering.max.messages) is full: wait for the
-                // polling thread to drain delivery reports rather than fail the send.
-                do {
-                    try await Task.sleep(for: .milliseconds(5))
-                } catch {
-                    throw GantryError(.cancelled, "sending to topic '\(message.topic)' was cancelled while the producer queue was full")
-                }
-            }
+    /// Enqueues `messages` and returns their delivery reports, in order, once every one came.
+    ///
+    /// Records are handed to librdkafka a chunk per lock acquisition, and the caller waits
+    /// once for the whole batch, so a large batch costs little more than librdkafka's own work.
+    /// Waits (without blocking) while librdkafka's queue is full.
+    ///
+    /// - Throws: the failure of a record (or a summary when several failed), after every
+    ///   report came; `closed`, `cancelled`, or an enqueue error at once, leaving the records
+    ///   already enqueued to be delivered or not.
+    func send(_ messages: [KafkaOutgoingMessage]) async throws -> [KafkaDeliveryReport] {
+        guard !messages.isEmpty else { return [] }
+        guard messages.count < Int(UInt32.max) else {
+            throw GantryError(.invalidArgument, "\(messages.count) Kafka records in one batch is too many; send fewer than 4 billion at once")
         }
+        let batch = state.withLock { $0.register(count: messages.count) }
+        var next = 0
+        do {
+            while next < messages.count {
+                let (enqueued, outcome) = state.withLock { enqueueChunk(messages, from: next, batch: batch, into: &$0) }
+                next += enqueued
+                switch outcome {
+                case .enqueued:
+                    break
+                case .failed(let error):
+                    throw error
+                case .queueFull:
+                    // librdkafka's local queue (queue.buffering.max.messages) is full: wait for
+                    // the polling thread to drain delivery reports rather than fail the send.
+                    do {
+                        try await Task.sleep(for: .milliseconds(5))
+                    } catch {
+                        throw GantryError(.cancelled, "sending to topic '\(messages[next].topic)' was cancelled while the producer queue was full")
+                    }
+                }
+            }
+        } catch {
+            // Nobody waits yet, so there is no waiter to resume.
+            _ = state.withLock { $0.abandon(batch) }
+            throw error
+        }
+        return try await wait(for: batch)
+    }
+
+    private enum ChunkOutcome {
+        case enqueued
+        case queueFull
+        case failed(GantryError)
+    }
+
+    /// The most records handed to librdkafka per lock acquisition: the polling thread needs
+    /// the lock to record delivery reports, and other senders wait for it.
+    private static let chunkSize = 256
+
+    /// Produces up to ``chunkSize`` records of `messages` from `start`; runs under the lock so
+    /// that the polling thread cannot destroy the handle meanwhile (rd_kafka_produceva does not
+    /// block without RD_KAFKA_MSG_F_BLOCK).
+    private func enqueueChunk(_ messages: [KafkaOutgoingMessage], from start: Int, batch: UInt32, into state: inout State) -> (Int, ChunkOutcome) {
+        switch state.lifecycle {
+        case .running: break
+        case .closing, .stopping, .stopped:
+            return (0, .failed(GantryError(.closed, "the Kafka producer is closed; create a new one to send to topic '\(messages[start].topic)'")))
+        }
+        if let fatal = state.fatal { return (0, .failed(fatal)) }
+        var produced = 0
+        var outcome = ChunkOutcome.enqueued
+        var topicName = ""
+        var topic: OpaquePointer?
+        while start + produced < messages.count, produced < Self.chunkSize {
+            let index = start + produced
+            let message = messages[index]
+            // A batch usually goes to one topic: the handle is looked up when the name changes.
+            if topic == nil || message.topic != topicName {
+                guard let handle = state.topicHandle(message.topic, client: client.handle) else {
+                    outcome = .failed(GantryError(kafka: rd_kafka_last_error(), "could not use Kafka topic '\(message.topic)'"))
+                    break
+                }
+                topic = handle
+                topicName = message.topic
+            }
+            if let error = Self.produce(client.handle, topic!, message, opaque: UInt(batch) << 32 | UInt(index)) {
+                if rd_kafka_error_code(error) == RD_KAFKA_RESP_ERR__QUEUE_FULL {
+                    rd_kafka_error_destroy(error)
+                    outcome = .queueFull
+                } else {
+                    outcome = .failed(GantryError(consuming: error, "could not enqueue a record for topic '\(message.topic)'"))
+                }
+                break
+            }
+            produced += 1
+        }
+        state.batches[batch]?.enqueued(produced)
+        state.inFlight += produced
+        return (produced, outcome)
     }
 
     /// Calls `rd_kafka_produceva`; returns its error, or nil when the record was enqueued.
-    private static func produce(_ handle: OpaquePointer, _ message: KafkaOutgoingMessage, id: UInt) -> OpaquePointer? {
+    private static func produce(_ handle: OpaquePointer, _ topic: OpaquePointer, _ message: KafkaOutgoingMessage, opaque: UInt) -> OpaquePointer? {
         var headers: OpaquePointer?
         if !message.headers.isEmpty {
             headers = rd_kafka_headers_new(message.headers.count)
@@ -118,39 +266,40 @@ final class KafkaProducerCore: Sendable {
                 }
             }
         }
-        let error: OpaquePointer? = message.topic.withCString { topic in
-            message.value.withUnsafeBytes { value in
-                withOptionalBytes(message.key) { key in
-                    var args = [rd_kafka_vu_t](repeating: rd_kafka_vu_t(), count: 6)
+        let error: OpaquePointer? = message.value.withUnsafeBytes { value in
+            withOptionalBytes(message.key) { key in
+                withUnsafeTemporaryAllocation(of: rd_kafka_vu_t.self, capacity: 6) { args in
                     var count = 0
-                    args[count].vtype = RD_KAFKA_VTYPE_TOPIC
-                    args[count].u.cstr = topic
-                    count += 1
+                    func add(_ set: (inout rd_kafka_vu_t) -> Void) {
+                        var arg = rd_kafka_vu_t()
+                        set(&arg)
+                        args.initializeElement(at: count, to: arg)
+                        count += 1
+                    }
+                    add { $0.vtype = RD_KAFKA_VTYPE_RKT; $0.u.rkt = topic }
                     // F_COPY: librdkafka copies key and value, so the Swift buffers may go away
                     // as soon as this call returns.
-                    args[count].vtype = RD_KAFKA_VTYPE_MSGFLAGS
-                    args[count].u.i = RD_KAFKA_MSG_F_COPY
-                    count += 1
-                    args[count].vtype = RD_KAFKA_VTYPE_VALUE
-                    args[count].u.mem.ptr = UnsafeMutableRawPointer(mutating: value.baseAddress)
-                    args[count].u.mem.size = value.count
-                    count += 1
+                    add { $0.vtype = RD_KAFKA_VTYPE_MSGFLAGS; $0.u.i = RD_KAFKA_MSG_F_COPY }
+                    add {
+                        $0.vtype = RD_KAFKA_VTYPE_VALUE
+                        $0.u.mem.ptr = UnsafeMutableRawPointer(mutating: value.baseAddress)
+                        $0.u.mem.size = value.count
+                    }
                     if let key {
-                        args[count].vtype = RD_KAFKA_VTYPE_KEY
-                        args[count].u.mem.ptr = UnsafeMutableRawPointer(mutating: key.baseAddress)
-                        args[count].u.mem.size = key.count
-                        count += 1
+                        add {
+                            $0.vtype = RD_KAFKA_VTYPE_KEY
+                            $0.u.mem.ptr = UnsafeMutableRawPointer(mutating: key.baseAddress)
+                            $0.u.mem.size = key.count
+                        }
                     }
-                    // The id comes back in the delivery report as the message's _private.
-                    args[count].vtype = RD_KAFKA_VTYPE_OPAQUE
-                    args[count].u.ptr = UnsafeMutableRawPointer(bitPattern: id)
-                    count += 1
+                    // Comes back in the delivery report as the message's _private: which batch
+                    // and which record of it.
+                    add { $0.vtype = RD_KAFKA_VTYPE_OPAQUE; $0.u.ptr = UnsafeMutableRawPointer(bitPattern: opaque) }
                     if let headers {
-                        args[count].vtype = RD_KAFKA_VTYPE_HEADERS
-                        args[count].u.headers = headers
-                        count += 1
+                        add { $0.vtype = RD_KAFKA_VTYPE_HEADERS; $0.u.headers = headers }
                     }
-                    return rd_kafka_produceva(handle, args, count)
+                    // rd_kafka_vu_t is a plain C struct: nothing to deinitialize.
+                    return rd_kafka_produceva(handle, args.baseAddress, count)
                 }
             }
         }
@@ -159,55 +308,16 @@ final class KafkaProducerCore: Sendable {
         return error
     }
 
-    /// Waits for the delivery report of record `id`.
-    func awaitDelivery(_ id: UInt) async throws -> KafkaDeliveryReport {
+    /// Waits until every record of `batch` has its report.
+    private func wait(for batch: UInt32) async throws -> [KafkaDeliveryReport] {
         try await withTaskCancellationHandler {
-            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<KafkaDeliveryReport, any Error>) in
-                let ready: Result<KafkaDeliveryReport, GantryError>? = state.withLock { state in
-                    switch state.deliveries[id] {
-                    case .pending:
-                        state.deliveries[id] = .waiting(continuation)
-                        return nil
-                    case .done(let result):
-                        state.deliveries[id] = nil
-                        return result
-                    case .abandoned, .waiting, nil:
-                        state.deliveries[id] = nil
-                        return .failure(GantryError(.cancelled, "waiting for a delivery report was cancelled"))
-                    }
-                }
+            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<[KafkaDeliveryReport], any Error>) in
+                let ready = state.withLock { $0.wait(for: batch, continuation) }
                 if let ready { continuation.resume(with: ready) }
             }
         } onCancel: {
-            let continuation: CheckedContinuation<KafkaDeliveryReport, any Error>? = state.withLock { state in
-                switch state.deliveries[id] {
-                case .waiting(let continuation):
-                    state.deliveries[id] = .abandoned
-                    return continuation
-                case .pending:
-                    state.deliveries[id] = .abandoned
-                    return nil
-                case .done:
-                    state.deliveries[id] = nil
-                    return nil
-                case .abandoned, nil:
-                    return nil
-                }
-            }
-            continuation?.resume(throwing: GantryError(.cancelled, "waiting for a delivery report was cancelled; the record may still be delivered"))
-        }
-    }
-
-    /// Forgets records whose sender will not wait for them.
-    func abandon(_ ids: [UInt]) {
-        state.withLock { state in
-            for id in ids {
-                switch state.deliveries[id] {
-                case .pending: state.deliveries[id] = .abandoned
-                case .done: state.deliveries[id] = nil
-                default: break
-                }
-            }
+            let waiter = state.withLock { $0.abandon(batch) }
+            waiter?.resume(throwing: GantryError(.cancelled, "waiting for delivery reports was cancelled; the records may still be delivered"))
         }
     }
 

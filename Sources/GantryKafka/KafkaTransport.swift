@@ -62,7 +62,7 @@ public final class KafkaTransport: TaskTransport {
     public init(configuration: KafkaTransportConfiguration = KafkaTransportConfiguration(), logger: Logger = Logger(label: "gantry.kafka.transport")) throws {
         try configuration.validate()
         // Checked now rather than at the first consume().
-        try configuration.kafka(adding: configuration.consumerProperties).validate()
+        try configuration.consumerKafkaConfiguration.validate()
         self.configuration = configuration
         self.logger = logger
         self.producer = try KafkaProducer(configuration: configuration.kafka(adding: configuration.producerProperties), logger: logger)

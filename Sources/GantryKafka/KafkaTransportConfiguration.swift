@@ -12,7 +12,7 @@ import GantryCore
 /// - `GANTRY_KAFKA_TOPIC_PREFIX`: ``topicPrefix`` (default `gantry.`);
 /// - `GANTRY_KAFKA_GROUP_ID`: ``groupID`` (default `gantry-workers`);
 /// - `GANTRY_KAFKA_COMMIT_INTERVAL`: ``commitInterval`` as a duration, e.g. `100ms`;
-/// - `GANTRY_KAFKA_PREFETCH`: ``prefetch`` (default 2000).
+/// - `GANTRY_KAFKA_PREFETCH_BYTES`: ``prefetchBytes`` (default 33554432, 32 MiB).
 public struct KafkaTransportConfiguration: Sendable, Equatable {
     /// The brokers and the librdkafka properties every client of the transport gets.
     public var kafka: KafkaConfiguration
@@ -35,9 +35,13 @@ public struct KafkaTransportConfiguration: Sendable, Equatable {
     /// go in batches rather than one per record. Offsets are also committed when partitions are
     /// revoked and when a consumer stops. Default 100 ms.
     public var commitInterval: Duration
-    /// How many fetched records a consumer keeps ready beyond those its workers hold; above it
-    /// fetching pauses (the consumer stays in its group). Default 2000.
-    public var prefetch: Int
+    /// How much a consumer fetches ahead of its workers: fetching pauses (the consumer stays
+    /// in its group) while the records fetched and not yet handed out reach this many bytes of
+    /// keys and values (plus 128 bytes per record for their bookkeeping), and resumes below
+    /// half. Unless ``consumerProperties`` set `fetch.max.bytes`, one fetch returns at most
+    /// half of it (and at least 1 MiB), so that a consumer keeping up never pauses: librdkafka
+    /// fetches again what it had fetched ahead of a pause. Default 32 MiB.
+    public var prefetchBytes: Int
     /// How long a consumer's rebalance may wait for it to commit the revoked partitions before
     /// they are given up anyway. Default 10 seconds.
     public var revocationGracePeriod: Duration
@@ -57,7 +61,7 @@ public struct KafkaTransportConfiguration: Sendable, Equatable {
         groupID: String = "gantry-workers",
         autoOffsetReset: KafkaOffsetReset = .earliest,
         commitInterval: Duration = .milliseconds(100),
-        prefetch: Int = 2000,
+        prefetchBytes: Int = 32 << 20,
         revocationGracePeriod: Duration = .seconds(10),
         requestTimeout: Duration = .seconds(10),
         closeTimeout: Duration = .seconds(10)
@@ -69,7 +73,7 @@ public struct KafkaTransportConfiguration: Sendable, Equatable {
         self.groupID = groupID
         self.autoOffsetReset = autoOffsetReset
         self.commitInterval = commitInterval
-        self.prefetch = prefetch
+        self.prefetchBytes = prefetchBytes
         self.revocationGracePeriod = revocationGracePeriod
         self.requestTimeout = requestTimeout
         self.closeTimeout = closeTimeout
@@ -90,11 +94,11 @@ public struct KafkaTransportConfiguration: Sendable, Equatable {
             }
             commitInterval = interval
         }
-        if let text = environment["GANTRY_KAFKA_PREFETCH"] {
+        if let text = environment["GANTRY_KAFKA_PREFETCH_BYTES"] {
             guard let value = Int(text), value > 0 else {
-                throw GantryError(.configuration, "GANTRY_KAFKA_PREFETCH='\(text)' is not a positive number of records")
+                throw GantryError(.configuration, "GANTRY_KAFKA_PREFETCH_BYTES='\(text)' is not a positive number of bytes")
             }
-            prefetch = value
+            prefetchBytes = value
         }
     }
 
@@ -108,8 +112,8 @@ public struct KafkaTransportConfiguration: Sendable, Equatable {
         guard !groupID.isEmpty else {
             throw GantryError(.configuration, "the Kafka transport's group id is empty; set GANTRY_KAFKA_GROUP_ID")
         }
-        guard prefetch > 0 else {
-            throw GantryError(.configuration, "the Kafka transport's prefetch must be positive, not \(prefetch)")
+        guard prefetchBytes > 0 else {
+            throw GantryError(.configuration, "the Kafka transport's prefetch must be a positive number of bytes, not \(prefetchBytes)")
         }
         guard commitInterval >= .zero else {
             throw GantryError(.configuration, "the Kafka transport's commit interval must not be negative")
@@ -125,6 +129,17 @@ public struct KafkaTransportConfiguration: Sendable, Equatable {
     func kafka(adding extra: [String: String]) -> KafkaConfiguration {
         var configuration = kafka
         configuration.properties.merge(extra) { _, new in new }
+        return configuration
+    }
+
+    /// The consumers' configuration: ``kafka`` and ``consumerProperties``, with a fetch size
+    /// that fits the prefetch limit unless one is set.
+    var consumerKafkaConfiguration: KafkaConfiguration {
+        var configuration = kafka(adding: consumerProperties)
+        if configuration.properties["fetch.max.bytes"] == nil {
+            // librdkafka wants fetch.max.bytes >= message.max.bytes (default 1,000,000).
+            configuration.properties["fetch.max.bytes"] = String(max(prefetchBytes / 2, 1 << 20))
+        }
         return configuration
     }
 }

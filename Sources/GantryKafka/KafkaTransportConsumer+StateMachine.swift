@@ -6,63 +6,15 @@ extension KafkaTransportConsumer {
         var delivery: Delivery
         var partition: KafkaTopicPartition
         var offset: Int64
-    }
+        /// What it counts against the prefetch limit: its key and value, plus
+        /// ``bookkeepingBytes``.
+        var size: Int
+        /// The assignment it was fetched under (set when queued).
+        var serial: UInt32 = 0
 
-    /// The progress of one assigned partition: which of its received records are finished, and
-    /// so which offset may be committed.
-    ///
-    /// Records are handed out in any number at once and finish in any order; only the offset
-    /// of the first unfinished record is committed, so a restart (or the partition's next
-    /// owner) resumes at it and no unfinished record is ever skipped.
-    struct PartitionProgress {
-        /// Identifies this assignment of the partition: a revoked and reassigned partition gets
-        /// a new serial, so that settling a delivery of the old assignment touches nothing.
-        let serial: UInt32
-        /// Offsets received, in order; everything before `head` is finished.
-        private var order: [Int64] = []
-        private var head = 0
-        /// Finished offsets at or after `order[head]`.
-        private var finished: Set<Int64> = []
-        /// Offsets handed out and not settled yet.
-        var handedOut: Set<Int64> = []
-        private var lastReceived: Int64 = -1
-        /// Every received record up to and including this offset is finished.
-        private var completedThrough: Int64?
-        /// The last offset sent in a commit, if any.
-        var committed: Int64?
-
-        init(serial: UInt32) {
-            self.serial = serial
-        }
-
-        /// Notes a fetched record; false for one at or below an offset already received (a
-        /// refetch), which must not be handed out twice.
-        mutating func receive(_ offset: Int64) -> Bool {
-            guard offset > lastReceived else { return false }
-            lastReceived = offset
-            order.append(offset)
-            return true
-        }
-
-        mutating func finish(_ offset: Int64) {
-            finished.insert(offset)
-            while head < order.count, finished.remove(order[head]) != nil {
-                completedThrough = order[head]
-                head += 1
-            }
-            // Compacts once the finished prefix dominates, keeping finishes O(1) amortised.
-            if head > 1024 && head * 2 > order.count {
-                order.removeFirst(head)
-                head = 0
-            }
-        }
-
-        /// The offset to commit (the next to read): the first unfinished record's, or one past
-        /// the last record when all are finished. Nil until a record finished.
-        var commitPoint: Int64? {
-            guard let completedThrough else { return nil }
-            return head < order.count ? order[head] : completedThrough + 1
-        }
+        /// A rough cost of a ready record beyond its key and value (the delivery, its token,
+        /// the queue entry), so that many tiny records still bound memory.
+        static let bookkeepingBytes = 128
     }
 
     /// Offsets to commit, with what is needed to undo the bookkeeping if the commit fails.
@@ -73,7 +25,12 @@ extension KafkaTransportConsumer {
     }
 
     /// A delivery to hand to the task waiting in the stream's `next()`.
-    typealias HandOut = (continuation: CheckedContinuation<Delivery?, any Error>, delivery: Delivery)
+    struct HandOut {
+        var continuation: CheckedContinuation<Delivery?, any Error>
+        var delivery: Delivery
+        /// Taking it brought the ready queue below the resume mark: resume fetching.
+        var resumeFetching: Bool
+    }
 
     /// What the consumer must do after partitions were revoked or the consumer stopped.
     struct Handback {
@@ -81,8 +38,8 @@ extension KafkaTransportConsumer {
         var commits: [KafkaCommitOffset] = []
         /// Records handed out and not settled: their next delivery is a redelivery.
         var unsettled: [KafkaTransportRegistry.RecordID] = []
-        /// Ready records dropped (the wire consumer counts them as held).
-        var dropped = 0
+        /// Dropping ready records brought the queue below the resume mark: resume fetching.
+        var resumeFetching = false
         /// The task waiting in `next()`, to end (stop only).
         var taker: CheckedContinuation<Delivery?, any Error>?
         /// The error to end it with (stop only).
@@ -105,7 +62,9 @@ extension KafkaTransportConsumer {
         }
 
         enum TakeResult {
-            case delivery(Delivery)
+            /// A delivery; `resumeFetching` when taking it brought the ready queue below the
+            /// resume mark.
+            case delivery(Delivery, resumeFetching: Bool)
             /// Nothing to hand out now (no ready record, or the credit is used up).
             case empty
             /// The stream ends, with an error if the consumer failed.
@@ -126,10 +85,15 @@ extension KafkaTransportConsumer {
 
         let consumerID: UInt64
         let credit: Int
+        /// Fetching pauses when the ready records reach this size, and resumes below half.
+        let prefetchBytes: Int
         private(set) var lifecycle = Lifecycle.running
+        private var readyBytes = 0
+        private var fetchPaused = false
         private var inFlight = 0
-        private var partitions: [KafkaTopicPartition: PartitionProgress] = [:]
-        private var serials: [UInt32: KafkaTopicPartition] = [:]
+        /// Assigned partitions' progress, by assignment serial (cheaper to hash than a topic).
+        private var progress: [UInt32: PartitionProgress] = [:]
+        private var serials: [KafkaTopicPartition: UInt32] = [:]
         /// Handed-out records of revoked partitions, by their old serial: they still use credit
         /// until settled, since a worker is still running them.
         private var orphans: [UInt32: Set<Int64>] = [:]
@@ -141,9 +105,10 @@ extension KafkaTransportConsumer {
         private var commitRequested = false
         private var stopWaiters: [CheckedContinuation<Void, Never>] = []
 
-        init(consumerID: UInt64, credit: Int) {
+        init(consumerID: UInt64, credit: Int, prefetchBytes: Int) {
             self.consumerID = consumerID
             self.credit = credit
+            self.prefetchBytes = prefetchBytes
         }
 
         /// Whether deliveries handed out may still be settled.
@@ -153,11 +118,11 @@ extension KafkaTransportConsumer {
 
         mutating func assign(_ assigned: [KafkaTopicPartition]) {
             guard settling else { return }
-            for partition in assigned where partitions[partition] == nil {
+            for partition in assigned where serials[partition] == nil {
                 let serial = nextSerial
                 nextSerial = nextSerial == UInt32.max ? 1 : nextSerial + 1
-                partitions[partition] = PartitionProgress(serial: serial)
-                serials[serial] = partition
+                progress[serial] = PartitionProgress(serial: serial, partition: partition)
+                serials[partition] = serial
             }
         }
 
@@ -167,43 +132,48 @@ extension KafkaTransportConsumer {
         mutating func revoke(_ revoked: [KafkaTopicPartition], lost: Bool) -> Handback {
             var handback = Handback()
             guard settling else { return handback }
+            var gone = Set<UInt32>()
             for partition in revoked {
-                guard let progress = partitions.removeValue(forKey: partition) else { continue }
-                serials[progress.serial] = nil
-                if !lost, let point = progress.commitPoint {
+                guard let serial = serials.removeValue(forKey: partition), let given = progress.removeValue(forKey: serial) else { continue }
+                gone.insert(serial)
+                if !lost, let point = given.commitPoint {
                     handback.commits.append(KafkaCommitOffset(topic: partition.topic, partition: partition.partition, offset: point))
                 }
-                if !progress.handedOut.isEmpty {
-                    orphans[progress.serial] = progress.handedOut
-                    handback.unsettled += progress.handedOut.map { .init(partition: partition, offset: $0) }
+                if given.handedOutCount > 0 {
+                    let handedOut = given.handedOut
+                    orphans[serial] = Set(handedOut)
+                    handback.unsettled += handedOut.map { .init(partition: partition, offset: $0) }
                 }
             }
-            let gone = Set(revoked)
-            let kept = ready[readyHead...].filter { !gone.contains($0.partition) }
-            handback.dropped = (ready.count - readyHead) - kept.count
-            ready = Array(kept)
+            ready = ready[readyHead...].filter { !gone.contains($0.serial) }
             readyHead = 0
+            readyBytes = ready.reduce(0) { $0 + $1.size }
+            handback.resumeFetching = resumeIfDrained()
             return handback
         }
 
         // MARK: Records in, deliveries out
 
-        /// Queues fetched records of assigned partitions; returns how many were queued and,
-        /// when a task waits and credit is free, the delivery to hand it.
-        mutating func receive(_ records: [Ready]) -> (accepted: Int, handOut: HandOut?) {
-            guard lifecycle == .running else { return (0, nil) }
-            var accepted = 0
+        /// Queues fetched records of assigned partitions; returns the delivery to hand to a
+        /// waiting task when credit is free, and whether fetching must pause now.
+        mutating func receive(_ records: ArraySlice<Ready>) -> (handOut: HandOut?, pauseFetching: Bool) {
+            guard lifecycle == .running else { return (nil, false) }
+            // Records come in runs of one partition: its serial is looked up once per run.
+            var run: (partition: KafkaTopicPartition, serial: UInt32?)?
             for var record in records {
-                guard let serial = partitions[record.partition]?.serial,
-                    partitions[record.partition]?.receive(record.offset) == true
-                else { continue }
+                if run?.partition != record.partition { run = (record.partition, serials[record.partition]) }
+                guard let serial = run?.serial, progress[serial]?.receive(record.offset) == true else { continue }
+                record.serial = serial
                 record.delivery.token = DeliveryToken(
                     consumer: consumerID << 32 | UInt64(serial), sequence: UInt64(bitPattern: record.offset),
                     partition: record.partition.partition)
                 ready.append(record)
-                accepted += 1
+                readyBytes += record.size
             }
-            return (accepted, handOutToTaker())
+            let handOut = handOutToTaker()
+            guard !fetchPaused, readyBytes >= prefetchBytes else { return (handOut, false) }
+            fetchPaused = true
+            return (handOut, true)
         }
 
         mutating func take() -> TakeResult {
@@ -212,7 +182,7 @@ extension KafkaTransportConsumer {
                 defer { failure = nil }
                 return .end(failure)
             }
-            if let delivery = takeReady() { return .delivery(delivery) }
+            if let delivery = takeReady() { return .delivery(delivery, resumeFetching: resumeIfDrained()) }
             return .empty
         }
 
@@ -230,9 +200,8 @@ extension KafkaTransportConsumer {
         /// Settles the record at `offset` of the assignment `serial`.
         mutating func finish(serial: UInt32, offset: Int64) -> FinishResult {
             guard settling else { return .stopped }
-            if let partition = serials[serial] {
-                guard partitions[partition]?.handedOut.remove(offset) != nil else { return .notHeld }
-                partitions[partition]?.finish(offset)
+            if let settled = progress[serial]?.settle(offset) {
+                guard settled else { return .notHeld }
                 inFlight -= 1
                 let request = !commitRequested
                 commitRequested = true
@@ -249,8 +218,8 @@ extension KafkaTransportConsumer {
         /// Whether the record at `offset` of assignment `serial` is handed out and its partition
         /// still assigned here: only then may a nack or dead-letter act on it.
         func holds(serial: UInt32, offset: Int64) -> Bool {
-            guard settling, let partition = serials[serial] else { return false }
-            return partitions[partition]?.handedOut.contains(offset) == true
+            guard settling else { return false }
+            return progress[serial]?.isHandedOut(offset) == true
         }
 
         private mutating func takeReady() -> Delivery? {
@@ -262,14 +231,24 @@ extension KafkaTransportConsumer {
                 readyHead = 0
             }
             inFlight += 1
-            partitions[record.partition]?.handedOut.insert(record.offset)
+            readyBytes -= record.size
+            progress[record.serial]?.handOut(record.offset)
             return record.delivery
         }
 
         private mutating func handOutToTaker() -> HandOut? {
             guard let waiting = taker, let delivery = takeReady() else { return nil }
             taker = nil
-            return (waiting, delivery)
+            return HandOut(continuation: waiting, delivery: delivery, resumeFetching: resumeIfDrained())
+        }
+
+        /// Whether fetching, paused for a full ready queue, may resume: the queue is down to
+        /// half the limit (hysteresis, since librdkafka fetches again what it had fetched ahead
+        /// of a pause).
+        private mutating func resumeIfDrained() -> Bool {
+            guard fetchPaused, lifecycle == .running, readyBytes <= prefetchBytes / 2 else { return false }
+            fetchPaused = false
+            return true
         }
 
         // MARK: Commits
@@ -279,38 +258,37 @@ extension KafkaTransportConsumer {
             commitRequested = false
             guard settling else { return [] }
             var entries: [CommitEntry] = []
-            for (partition, progress) in partitions {
-                guard let point = progress.commitPoint, point > (progress.committed ?? Int64.min) else { continue }
+            for (serial, partition) in progress {
+                guard let point = partition.commitPoint, point > (partition.committed ?? Int64.min) else { continue }
                 entries.append(CommitEntry(
-                    offset: KafkaCommitOffset(topic: partition.topic, partition: partition.partition, offset: point),
-                    serial: progress.serial, previous: progress.committed))
-                partitions[partition]?.committed = point
+                    offset: KafkaCommitOffset(topic: partition.partition.topic, partition: partition.partition.partition, offset: point),
+                    serial: serial, previous: partition.committed))
+                progress[serial]?.committed = point
             }
             return entries
         }
 
         /// Undoes ``takeCommits()``'s marks after the commit failed, so the next one retries.
         mutating func commitFailed(_ entries: [CommitEntry]) {
-            for entry in entries {
-                let partition = KafkaTopicPartition(topic: entry.offset.topic, partition: entry.offset.partition)
-                guard partitions[partition]?.serial == entry.serial, partitions[partition]?.committed == entry.offset.offset else { continue }
-                partitions[partition]?.committed = entry.previous
+            for entry in entries where progress[entry.serial]?.committed == entry.offset.offset {
+                progress[entry.serial]?.committed = entry.previous
             }
         }
 
         // MARK: Stopping
 
-        /// Stops handing out: the waiting task (returned) gets nil, ready records are dropped.
-        /// Returns nil when not running; `drained` when nothing is left to settle, so the
-        /// consumer may stop at once.
-        mutating func drain() -> (taker: CheckedContinuation<Delivery?, any Error>?, dropped: Int, drained: Bool)? {
+        /// Stops handing out: the waiting task (returned) gets nil, ready records are dropped,
+        /// fetching stays paused. Returns nil when not running; `drained` when nothing is left
+        /// to settle, so the consumer may stop at once.
+        mutating func drain() -> (taker: CheckedContinuation<Delivery?, any Error>?, drained: Bool)? {
             guard lifecycle == .running else { return nil }
             lifecycle = .draining
-            let dropped = ready.count - readyHead
             ready = []
             readyHead = 0
+            readyBytes = 0
+            fetchPaused = true
             defer { taker = nil }
-            return (taker, dropped, inFlight == 0)
+            return (taker, inFlight == 0)
         }
 
         /// Ends the stream: returns the finished offsets to commit, the records to count as
@@ -319,16 +297,16 @@ extension KafkaTransportConsumer {
             guard settling else { return nil }
             lifecycle = .stopping
             var handback = Handback()
-            for (partition, progress) in partitions {
-                if let point = progress.commitPoint {
-                    handback.commits.append(KafkaCommitOffset(topic: partition.topic, partition: partition.partition, offset: point))
+            for partition in progress.values {
+                if let point = partition.commitPoint {
+                    handback.commits.append(KafkaCommitOffset(topic: partition.partition.topic, partition: partition.partition.partition, offset: point))
                 }
-                handback.unsettled += progress.handedOut.map { .init(partition: partition, offset: $0) }
+                handback.unsettled += partition.handedOut.map { .init(partition: partition.partition, offset: $0) }
             }
-            handback.dropped = ready.count - readyHead
             ready = []
             readyHead = 0
-            partitions = [:]
+            readyBytes = 0
+            progress = [:]
             serials = [:]
             orphans = [:]
             if let taker {

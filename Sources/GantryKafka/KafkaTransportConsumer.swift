@@ -6,10 +6,11 @@ import Synchronization
 /// handed out concurrently, at most `credit` unsettled at once, and whose commits advance to
 /// the highest contiguous finished offset of each partition.
 ///
-/// Three parts, all on the cooperative pool and none blocking it:
-/// - the *pump* task reads the wire consumer's events as soon as they come, so rebalances are
-///   served at once even while every worker is busy; records go to the state machine's ready
-///   queue and count as held by the wire consumer, which pauses fetching when too many wait;
+/// Three parts, none blocking the cooperative pool:
+/// - the wire consumer's polling thread hands every event to ``handle(_:)`` as it comes
+///   (the consumer is created with a sink), so rebalances are served at once even while every
+///   worker is busy; records go to the state machine's ready queue, and fetching pauses while
+///   that holds more than the prefetch limit;
 /// - the stream's `next()` takes the next ready record when credit is free, or waits;
 /// - the *committer* task commits finished offsets at most every `commitInterval`.
 ///
@@ -23,71 +24,67 @@ final class KafkaTransportConsumer: Sendable {
     let id: UInt64
     let topics: [String]
     private let wire: KafkaConsumer
+    private let inbox: EventInbox
     private let queueOfTopic: [String: String]
     private let registry: KafkaTransportRegistry
     private let commitInterval: Duration
-    private let prefetch: Int
     private let logger: Logger
     private let state: Mutex<StateMachine>
     private let commitRequests: AsyncStream<Void>
     private let commitRequester: AsyncStream<Void>.Continuation
-    private let tasks = Mutex<(pump: Task<Void, Never>?, committer: Task<Void, Never>?)>((nil, nil))
+    private let committer = Mutex<Task<Void, Never>?>(nil)
 
     private init(
-        id: UInt64, queues: [String: String], credit: Int, wire: KafkaConsumer, registry: KafkaTransportRegistry,
-        commitInterval: Duration, prefetch: Int, logger: Logger
+        id: UInt64, queues: [String: String], credit: Int, wire: KafkaConsumer, inbox: EventInbox,
+        registry: KafkaTransportRegistry, commitInterval: Duration, prefetchBytes: Int, logger: Logger
     ) {
         self.id = id
         self.queueOfTopic = queues
         self.topics = queues.keys.sorted()
         self.wire = wire
+        self.inbox = inbox
         self.registry = registry
         self.commitInterval = commitInterval
-        self.prefetch = prefetch
         self.logger = logger
-        self.state = Mutex(StateMachine(consumerID: id, credit: credit))
+        self.state = Mutex(StateMachine(consumerID: id, credit: credit, prefetchBytes: prefetchBytes))
         // One pending request is enough: the committer takes everything finished when it runs.
         (commitRequests, commitRequester) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
     }
 
-    /// Creates the group member, subscribes it to the topics of `queues` and starts its tasks.
+    /// Creates the group member, subscribes it to the topics of `queues` and starts its
+    /// committer.
     ///
     /// - Parameter queues: topic → queue name, for ``Delivery/queue``.
     static func start(
         queues: [String: String], credit: Int, configuration: KafkaTransportConfiguration,
         registry: KafkaTransportRegistry, logger: Logger
     ) async throws -> KafkaTransportConsumer {
+        // The wire consumer exists before this consumer does; events reach it through the
+        // inbox, which it is attached to before the subscription can produce any.
+        let inbox = EventInbox()
         let wire = try KafkaConsumer(
-            configuration: configuration.kafka(adding: configuration.consumerProperties),
+            configuration: configuration.consumerKafkaConfiguration,
             consumer: KafkaConsumerConfiguration(
                 groupID: configuration.groupID,
                 autoOffsetReset: configuration.autoOffsetReset,
                 maxBatchSize: 500,
-                bufferCapacity: configuration.prefetch,
                 revocationGracePeriod: configuration.revocationGracePeriod
             ),
-            logger: logger
+            logger: logger,
+            sink: { inbox.route($0) }
         )
+        let consumer = KafkaTransportConsumer(
+            id: registry.makeConsumerID(), queues: queues, credit: credit, wire: wire, inbox: inbox, registry: registry,
+            commitInterval: configuration.commitInterval, prefetchBytes: configuration.prefetchBytes, logger: logger)
+        inbox.attach(consumer)
+        consumer.committer.withLock { $0 = Task { await consumer.commitLoop() } }
         do {
-            try await wire.subscribe(topics: queues.keys.sorted())
+            try await wire.subscribe(topics: consumer.topics)
         } catch {
-            await wire.close()
+            await consumer.stop()
             throw error
         }
-        let consumer = KafkaTransportConsumer(
-            id: registry.makeConsumerID(), queues: queues, credit: credit, wire: wire, registry: registry,
-            commitInterval: configuration.commitInterval, prefetch: configuration.prefetch, logger: logger)
-        consumer.startTasks()
         return consumer
-    }
-
-    private func startTasks() {
-        // Created under the lock that `finishStopping` reads them with, so a pump that fails at
-        // once cannot stop the consumer before its own handle is stored.
-        tasks.withLock { tasks in
-            tasks.pump = Task { await self.pump() }
-            tasks.committer = Task { await self.commitLoop() }
-        }
     }
 
     /// The application's stream. Cancelling the task that iterates it, or dropping it while
@@ -115,8 +112,8 @@ final class KafkaTransportConsumer: Sendable {
             return nil
         }
         switch state.withLock({ $0.take() }) {
-        case .delivery(let delivery):
-            wire.holdRecords(-1)
+        case .delivery(let delivery, let resumeFetching):
+            if resumeFetching { wire.pauseFetching(false) }
             return delivery
         case .end(let failure):
             if let failure { throw failure }
@@ -127,8 +124,8 @@ final class KafkaTransportConsumer: Sendable {
         return try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Delivery?, any Error>) in
                 switch state.withLock({ $0.wait(continuation) }) {
-                case .delivery(let delivery):
-                    wire.holdRecords(-1)
+                case .delivery(let delivery, let resumeFetching):
+                    if resumeFetching { wire.pauseFetching(false) }
                     continuation.resume(returning: delivery)
                 case .end(let failure):
                     if let failure { continuation.resume(throwing: failure) } else { continuation.resume(returning: nil) }
@@ -146,11 +143,10 @@ final class KafkaTransportConsumer: Sendable {
     /// Ends the stream but keeps what was handed out settle-able; the consumer stops once all
     /// of it is settled.
     func stopIntake() {
-        guard let (taker, dropped, drained) = state.withLock({ $0.drain() }) else { return }
+        guard let (taker, drained) = state.withLock({ $0.drain() }) else { return }
         taker?.resume(returning: nil)
-        // Counting a whole prefetch as held makes the wire consumer pause fetching: nothing
-        // fetched from now on would be handed out.
-        wire.holdRecords(prefetch - dropped)
+        // Nothing fetched from now on would be handed out.
+        wire.pauseFetching(true)
         if drained { requestStop() }
     }
 
@@ -195,58 +191,75 @@ final class KafkaTransportConsumer: Sendable {
 
     private func hand(_ handOut: HandOut?) {
         guard let handOut else { return }
-        wire.holdRecords(-1)
+        if handOut.resumeFetching { wire.pauseFetching(false) }
         handOut.continuation.resume(returning: handOut.delivery)
     }
 
-    // MARK: The pump
+    // MARK: Events, on the wire consumer's polling thread
 
-    private func pump() async {
-        do {
-            for try await event in wire.events {
-                switch event {
-                case .records(let records):
-                    receive(records)
-                case .partitionsAssigned(let partitions):
-                    state.withLock { $0.assign(partitions) }
-                case .partitionsRevoked(let revocation):
-                    await revoke(revocation)
-                }
-            }
-            // The wire consumer only ends on its own after a fatal error it reported already.
-            requestStop(failure: GantryError(.closed, "the Kafka consumer of \(topics.joined(separator: ", ")) closed"))
-        } catch {
-            let failure = error as? GantryError ?? GantryError(.connectionFailed, "the Kafka consumer of \(topics.joined(separator: ", ")) failed", underlying: error)
-            logger.error("\(failure)")
-            requestStop(failure: failure)
+    /// Serves one event of the wire consumer. Runs on its polling thread, so it only does
+    /// bookkeeping and starts tasks: it never waits.
+    fileprivate func handle(_ event: KafkaConsumer.SinkEvent) {
+        switch event {
+        case .event(.records(let records)):
+            receive(records)
+        case .event(.partitionsAssigned(let partitions)):
+            state.withLock { $0.assign(partitions) }
+        case .event(.partitionsRevoked(let revocation)):
+            revoke(revocation)
+        case .finished(let failure):
+            // After a stop this does nothing; otherwise the wire consumer failed for good.
+            if let failure { logger.error("\(failure)") }
+            requestStop(failure: failure ?? GantryError(.closed, "the Kafka consumer of \(topics.joined(separator: ", ")) closed"))
         }
     }
+
+    /// The most records queued per lock acquisition, so that `next()` and settlements on the
+    /// cooperative pool never wait long for the lock.
+    private static let receiveChunk = 128
 
     private func receive(_ records: [KafkaRecord]) {
-        var ready = records.map { record in
-            Ready(delivery: delivery(from: record), partition: record.topicPartition, offset: record.offset)
+        var ready: [Ready] = []
+        ready.reserveCapacity(records.count)
+        // Records come in runs of one topic: its queue name is looked up once per run.
+        var queue: (topic: String, name: String) = ("", "")
+        for record in records {
+            if record.topic != queue.topic { queue = (record.topic, queueOfTopic[record.topic] ?? record.topic) }
+            ready.append(Ready(
+                delivery: delivery(from: record, queue: queue.name), partition: record.topicPartition, offset: record.offset,
+                size: record.value.count + (record.key?.count ?? 0) + Ready.bookkeepingBytes))
         }
         registry.markRedelivered(&ready)
-        let (accepted, handOut) = state.withLock { $0.receive(ready) }
-        wire.holdRecords(accepted)
-        hand(handOut)
+        var start = 0
+        while start < ready.count {
+            let chunk = ready[start..<min(start + Self.receiveChunk, ready.count)]
+            start += Self.receiveChunk
+            let (handOut, pauseFetching) = state.withLock { $0.receive(chunk) }
+            if pauseFetching { wire.pauseFetching(true) }
+            hand(handOut)
+        }
     }
 
-    private func revoke(_ revocation: KafkaPartitionRevocation) async {
+    private func revoke(_ revocation: KafkaPartitionRevocation) {
         let handback = state.withLock { $0.revoke(revocation.partitions, lost: revocation.isLost) }
-        wire.holdRecords(-handback.dropped)
+        if handback.resumeFetching { wire.pauseFetching(false) }
         registry.rememberUnsettled(handback.unsettled)
-        if !handback.commits.isEmpty {
+        guard !handback.commits.isEmpty else {
+            revocation.finish()
+            return
+        }
+        // The commit completes on the polling thread this runs on: it must not be awaited here.
+        Task { [wire, logger] in
             do {
                 try await wire.commit(handback.commits)
             } catch {
                 logger.warning("could not commit Kafka offsets of revoked partitions; their finished records will be delivered again: \(error)")
             }
+            revocation.finish()
         }
-        revocation.finish()
     }
 
-    private func delivery(from record: KafkaRecord) -> Delivery {
+    private func delivery(from record: KafkaRecord, queue: String) -> Delivery {
         var headers: [String: String] = [:]
         var redelivered = false
         for header in record.headers {
@@ -258,7 +271,7 @@ final class KafkaTransportConsumer: Sendable {
             headers[header.key] = header.value.map { String(decoding: $0, as: UTF8.self) } ?? ""
         }
         return Delivery(
-            body: record.value, queue: queueOfTopic[record.topic] ?? record.topic,
+            body: record.value, queue: queue,
             key: record.key.map { String(decoding: $0, as: UTF8.self) }, headers: headers, redelivered: redelivered,
             token: DeliveryToken(consumer: 0, sequence: 0))
     }
@@ -294,7 +307,6 @@ final class KafkaTransportConsumer: Sendable {
         if let taker = handback.taker {
             if let failure = handback.failure { taker.resume(throwing: failure) } else { taker.resume(returning: nil) }
         }
-        wire.holdRecords(-handback.dropped)
         registry.rememberUnsettled(handback.unsettled)
         let commits = handback.commits
         Task { await self.finishStopping(commits: commits) }
@@ -310,7 +322,7 @@ final class KafkaTransportConsumer: Sendable {
 
     private func finishStopping(commits: [KafkaCommitOffset]) async {
         commitRequester.finish()
-        let (pump, committer) = tasks.withLock { $0 }
+        let committer = committer.withLock { $0 }
         // The committer ends after its current commit, so the last commit below is the final one.
         committer?.cancel()
         await committer?.value
@@ -321,12 +333,32 @@ final class KafkaTransportConsumer: Sendable {
                 logger.warning("could not commit Kafka offsets \(commits) while stopping; their finished records will be delivered again: \(error)")
             }
         }
-        // Ends the wire's events, and with them the pump.
+        // Returns once the polling thread has left the group, destroyed the handle and told
+        // the inbox it finished.
         await wire.close()
-        await pump?.value
+        inbox.detach()
         registry.remove(self)
         let waiters = state.withLock { $0.markStopped() }
         for waiter in waiters { waiter.resume() }
+    }
+}
+
+/// Routes the wire consumer's events to the transport consumer, which is created after the
+/// wire consumer; detached when the consumer stopped, which breaks the reference cycle
+/// through the wire consumer's sink.
+private final class EventInbox: Sendable {
+    private let target = Mutex<KafkaTransportConsumer?>(nil)
+
+    func attach(_ consumer: KafkaTransportConsumer) {
+        target.withLock { $0 = consumer }
+    }
+
+    func detach() {
+        target.withLock { $0 = nil }
+    }
+
+    func route(_ event: KafkaConsumer.SinkEvent) {
+        target.withLock { $0 }?.handle(event)
     }
 }
 

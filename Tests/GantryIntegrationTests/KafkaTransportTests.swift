@@ -160,13 +160,13 @@ struct KafkaTransportTests {
             "GANTRY_KAFKA_TOPIC_PREFIX": "prod.",
             "GANTRY_KAFKA_GROUP_ID": "fleet-a",
             "GANTRY_KAFKA_COMMIT_INTERVAL": "250ms",
-            "GANTRY_KAFKA_PREFETCH": "500",
+            "GANTRY_KAFKA_PREFETCH_BYTES": "1048576",
         ])
         #expect(configuration.kafka.bootstrapServers == ["a:1", "b:2"])
         #expect(configuration.topic(for: "tasks") == "prod.tasks")
         #expect(configuration.groupID == "fleet-a")
         #expect(configuration.commitInterval == .milliseconds(250))
-        #expect(configuration.prefetch == 500)
+        #expect(configuration.prefetchBytes == 1 << 20)
         #expect(throws: GantryError.self) { try KafkaTransportConfiguration(environment: ["GANTRY_KAFKA_COMMIT_INTERVAL": "soon"]) }
         let transport = try KafkaConformanceTransport.transport()
         #expect(try transport.topic(for: "tasks") == "gantry.tasks")
