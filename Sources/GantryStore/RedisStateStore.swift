@@ -10,16 +10,43 @@ import GantryRedis
 /// commands issued after the run's script: `<ns>:runs` (every run by creation time),
 /// `<ns>:active` (runs still running, for the coordinator's sweeps), `<ns>:events` (run-level
 /// changes), `<ns>:dlq` (dead-lettered nodes) and `<ns>:idem:<key>` (idempotency keys).
+///
+/// Claims and commits made one at a time by concurrent callers are gathered into batches (see
+/// ``Coalescer``): each batch is one round trip and one script call per owner, so a busy worker
+/// pays the script overhead once for many tasks.
 public final class RedisStateStore: Sendable {
     /// The Redis client the store talks through.
     public let client: RedisClient
     /// The store's settings.
     public let configuration: StoreConfiguration
 
+    /// The most items one batch script handles; a larger batch is split over several scripts in
+    /// one pipeline, so no single script holds Redis for long.
+    static let itemsPerScript = 128
+    /// The most result bytes one commit script carries.
+    static let bytesPerScript = 1 << 20
+
+    private struct ClaimJob: Sendable {
+        var request: ClaimRequest
+        var owner: String
+        var lease: Duration
+    }
+
+    private struct CommitJob: Sendable {
+        var request: CommitRequest
+        var owner: String
+    }
+
+    private let claims: Coalescer<ClaimJob, ClaimOutcome>
+    private let commits: Coalescer<CommitJob, CommitOutcome>
+
     /// Creates a store over `client`.
     public init(client: RedisClient, configuration: StoreConfiguration = StoreConfiguration()) {
         self.client = client
         self.configuration = configuration
+        let batches = max(2, client.configuration.poolSize)
+        claims = Coalescer(maxBatch: 1024, maxConcurrentBatches: batches)
+        commits = Coalescer(maxBatch: 1024, maxConcurrentBatches: batches)
     }
 
     /// Loads every script into Redis, so a script that does not compile is reported at start-up.
@@ -78,18 +105,21 @@ public final class RedisStateStore: Sendable {
             args.append(.integer(stage.retry.maxAttempts))
             args.append(.integer(configuration.maxLostLeases))
         }
-        // The run is indexed as active first: a crash between the two leaves an index entry the
-        // coordinator drops, never a run nobody sweeps.
-        _ = try await client.pipeline([
-            ["ZADD", .string(activeKey), .integer(Int(now)), .string(runID.rawValue)],
-            ["ZADD", .string(runsKey), .integer(Int(now)), .string(runID.rawValue)],
-        ])
-        let reply = try await client.evalsha(StoreScripts.createRun, keys: [.string(runKey(runID))], args: args)
+        // One round trip, run in this order: the run is indexed as active first, so a failure
+        // after it leaves an index entry the coordinator drops, never a run nobody sweeps. The
+        // run id is new (or its idempotency key was just taken), so the script creates it.
+        var batch = RedisPipeline(reservingCapacity: 4, bytesPerCommand: 64 + input.count / 4 + spec.utf8.count / 4)
+        batch.append(["ZADD", .string(activeKey), .integer(Int(now)), .string(runID.rawValue)])
+        batch.append(["ZADD", .string(runsKey), .integer(Int(now)), .string(runID.rawValue)])
+        batch.evalsha(StoreScripts.createRun, keys: [.string(runKey(runID))], args: args)
+        batch.append(["XADD", .string(globalEventsKey), "MAXLEN", "~", "100000", "*", "run", .string(runID.rawValue), "s", "running", "name", .string(plan.spec.name)])
+        let replies = try await client.pipeline(batch)
+        let reply = replies[2]
+        if let message = reply.errorMessage {
+            throw GantryError(.commandFailed, "create_run of \(runID) failed: \(message)")
+        }
         let items = reply.array ?? []
         let created = items.first?.string == "created"
-        if created {
-            _ = try await client.send("XADD", globalEventsKey, "MAXLEN", "~", "100000", "*", "run", runID.rawValue, "s", "running", "name", plan.spec.name)
-        }
         return CreatedRun(runID: runID, created: created, ready: readyNodes(runID, items, from: 1))
     }
 
@@ -123,9 +153,15 @@ public final class RedisStateStore: Sendable {
     // MARK: Node transitions
 
     /// Takes the lease of `node` for `owner` for `lease`, if `epoch` is current.
-    public func claim(_ run: RunID, _ node: NodeID, epoch: UInt64, owner: String, lease: Duration, now: UInt64 = currentMilliseconds()) async throws -> ClaimOutcome {
-        let reply = try await client.evalsha(StoreScripts.claim, keys: [.string(runKey(run))], args: claimArgs(node, epoch, owner, lease, now))
-        return try await claimOutcome(run, node, reply)
+    ///
+    /// Without `now`, the claim joins the next batch of concurrent claims (and is timed when the
+    /// batch goes); with it, it goes alone at that time.
+    public func claim(_ run: RunID, _ node: NodeID, epoch: UInt64, owner: String, lease: Duration, now: UInt64? = nil) async throws -> ClaimOutcome {
+        let request = ClaimRequest(runID: run, node: node, epoch: epoch)
+        guard let now else {
+            return try await claims.submit(ClaimJob(request: request, owner: owner, lease: lease)) { try await self.claimJobs($0) }
+        }
+        return try await claim([request], owner: owner, lease: lease, now: now)[0]
     }
 
     /// Extends the lease on `node`.
@@ -160,10 +196,16 @@ public final class RedisStateStore: Sendable {
     }
 
     /// Commits `result` for `node` if `owner` holds `epoch`, returning the nodes that became ready.
-    public func commit(_ run: RunID, _ node: NodeID, epoch: UInt64, owner: String, result: [UInt8], now: UInt64 = currentMilliseconds()) async throws -> CommitOutcome {
+    ///
+    /// Without `now`, the commit joins the next batch of concurrent commits (and is timed when
+    /// the batch goes); with it, it goes alone at that time.
+    public func commit(_ run: RunID, _ node: NodeID, epoch: UInt64, owner: String, result: [UInt8], now: UInt64? = nil) async throws -> CommitOutcome {
         try checkResultSize(run, node, result)
-        let reply = try await client.evalsha(StoreScripts.commit, keys: [.string(runKey(run))], args: commitArgs(node, epoch, owner, result, now))
-        return try await commitOutcome(run, node, reply)
+        let request = CommitRequest(runID: run, node: node, epoch: epoch, result: result)
+        guard let now else {
+            return try await commits.submit(CommitJob(request: request, owner: owner)) { try await self.commitJobs($0) }
+        }
+        return try await commit([request], owner: owner, now: now)[0]
     }
 
     /// Records a failed attempt of `node`: retried after `backoff` if `retriable` and attempts
@@ -226,15 +268,34 @@ public final class RedisStateStore: Sendable {
     /// Claims many nodes in one round trip.
     public func claim(_ requests: [ClaimRequest], owner: String, lease: Duration, now: UInt64 = currentMilliseconds()) async throws -> [ClaimOutcome] {
         guard !requests.isEmpty else { return [] }
-        var batch = RedisPipeline(reservingCapacity: requests.count, bytesPerCommand: 128)
-        for request in requests {
-            batch.evalsha(StoreScripts.claim, keys: [.string(runKey(request.runID))], args: claimArgs(request.node, request.epoch, owner, lease, now))
+        var batch = RedisPipeline(reservingCapacity: 1, bytesPerCommand: 64 * requests.count)
+        var chunks: [Range<Int>] = []
+        var start = 0
+        while start < requests.count {
+            let chunk = start..<min(start + Self.itemsPerScript, requests.count)
+            var keys: [RedisArgument] = []
+            keys.reserveCapacity(chunk.count)
+            var args: [RedisArgument] = [.string(owner), .integer(Int(now)), .integer(Int(lease.milliseconds))]
+            args.reserveCapacity(3 + 2 * chunk.count)
+            for request in requests[chunk] {
+                keys.append(.string(runKey(request.runID)))
+                args.append(.string(request.node.description))
+                args.append(.integer(Int(request.epoch)))
+            }
+            batch.evalsha(StoreScripts.claimBatch, keys: keys, args: args)
+            chunks.append(chunk)
+            start = chunk.upperBound
         }
         let replies = try await client.pipeline(batch)
         var outcomes: [ClaimOutcome] = []
-        outcomes.reserveCapacity(replies.count)
-        for (index, reply) in replies.enumerated() {
-            outcomes.append(try await claimOutcome(requests[index].runID, requests[index].node, reply))
+        outcomes.reserveCapacity(requests.count)
+        for (reply, chunk) in zip(replies, chunks) {
+            guard let items = reply.array, items.count == chunk.count else {
+                throw scriptError("claim_batch", requests[chunk.lowerBound].runID, requests[chunk.lowerBound].node, reply)
+            }
+            for (item, index) in zip(items, chunk) {
+                outcomes.append(try claimOutcome(requests[index].runID, requests[index].node, item))
+            }
         }
         return outcomes
     }
@@ -242,18 +303,84 @@ public final class RedisStateStore: Sendable {
     /// Commits many results in one round trip.
     public func commit(_ requests: [CommitRequest], owner: String, now: UInt64 = currentMilliseconds()) async throws -> [CommitOutcome] {
         guard !requests.isEmpty else { return [] }
-        var batch = RedisPipeline(reservingCapacity: requests.count, bytesPerCommand: 160)
-        for request in requests {
-            try checkResultSize(request.runID, request.node, request.result)
-            batch.evalsha(StoreScripts.commit, keys: [.string(runKey(request.runID))], args: commitArgs(request.node, request.epoch, owner, request.result, now))
+        for request in requests { try checkResultSize(request.runID, request.node, request.result) }
+        var batch = RedisPipeline(reservingCapacity: 1, bytesPerCommand: requests.reduce(64 * requests.count) { $0 + $1.result.count })
+        var chunks: [Range<Int>] = []
+        var start = 0
+        while start < requests.count {
+            var end = start
+            var bytes = 0
+            while end < requests.count, end - start < Self.itemsPerScript, end == start || bytes + requests[end].result.count <= Self.bytesPerScript {
+                bytes += requests[end].result.count
+                end += 1
+            }
+            let chunk = start..<end
+            var keys: [RedisArgument] = []
+            keys.reserveCapacity(chunk.count)
+            var args: [RedisArgument] = [
+                .string(owner), .integer(Int(now)),
+                .integer(Int(configuration.resultTTL.milliseconds)), .integer(Int(configuration.queueVisibility.milliseconds)),
+            ]
+            args.reserveCapacity(4 + 3 * chunk.count)
+            for request in requests[chunk] {
+                keys.append(.string(runKey(request.runID)))
+                args.append(.string(request.node.description))
+                args.append(.integer(Int(request.epoch)))
+                args.append(.bytes(request.result))
+            }
+            batch.evalsha(StoreScripts.commitBatch, keys: keys, args: args)
+            chunks.append(chunk)
+            start = end
         }
         let replies = try await client.pipeline(batch)
         var outcomes: [CommitOutcome] = []
-        outcomes.reserveCapacity(replies.count)
-        for (index, reply) in replies.enumerated() {
-            outcomes.append(try await commitOutcome(requests[index].runID, requests[index].node, reply))
+        outcomes.reserveCapacity(requests.count)
+        var finished: [(RunID, RunState)] = []
+        for (reply, chunk) in zip(replies, chunks) {
+            guard let items = reply.array, items.count == chunk.count else {
+                throw scriptError("commit_batch", requests[chunk.lowerBound].runID, requests[chunk.lowerBound].node, reply)
+            }
+            for (item, index) in zip(items, chunk) {
+                let outcome = try commitOutcome(requests[index].runID, requests[index].node, item)
+                if case .committed(_, let state?) = outcome { finished.append((requests[index].runID, state)) }
+                outcomes.append(outcome)
+            }
         }
+        try await runsFinished(finished)
         return outcomes
+    }
+
+    /// Runs one batch of coalesced claims: one ``claim(_:owner:lease:now:)`` per owner and lease.
+    private func claimJobs(_ jobs: [ClaimJob]) async throws -> [ClaimOutcome] {
+        let now = currentMilliseconds()
+        if jobs.allSatisfy({ $0.owner == jobs[0].owner && $0.lease == jobs[0].lease }) {
+            return try await claim(jobs.map(\.request), owner: jobs[0].owner, lease: jobs[0].lease, now: now)
+        }
+        var outcomes = [ClaimOutcome?](repeating: nil, count: jobs.count)
+        for group in Dictionary(grouping: jobs.indices, by: { GroupKey(owner: jobs[$0].owner, lease: jobs[$0].lease) }) {
+            let results = try await claim(group.value.map { jobs[$0].request }, owner: group.key.owner, lease: group.key.lease, now: now)
+            for (index, outcome) in zip(group.value, results) { outcomes[index] = outcome }
+        }
+        return outcomes.map { $0! }
+    }
+
+    /// Runs one batch of coalesced commits: one ``commit(_:owner:now:)`` per owner.
+    private func commitJobs(_ jobs: [CommitJob]) async throws -> [CommitOutcome] {
+        let now = currentMilliseconds()
+        if jobs.allSatisfy({ $0.owner == jobs[0].owner }) {
+            return try await commit(jobs.map(\.request), owner: jobs[0].owner, now: now)
+        }
+        var outcomes = [CommitOutcome?](repeating: nil, count: jobs.count)
+        for group in Dictionary(grouping: jobs.indices, by: { jobs[$0].owner }) {
+            let results = try await commit(group.value.map { jobs[$0].request }, owner: group.key, now: now)
+            for (index, outcome) in zip(group.value, results) { outcomes[index] = outcome }
+        }
+        return outcomes.map { $0! }
+    }
+
+    private struct GroupKey: Hashable {
+        var owner: String
+        var lease: Duration
     }
 
     // MARK: Reading
@@ -297,10 +424,21 @@ public final class RedisStateStore: Sendable {
 
     /// Drops `run` from the active index (it finished) and records its end in the global stream.
     func runFinished(_ run: RunID, state: RunState) async throws {
-        _ = try await client.pipeline([
-            ["ZREM", .string(activeKey), .string(run.rawValue)],
-            ["XADD", .string(globalEventsKey), "MAXLEN", "~", "100000", "*", "run", .string(run.rawValue), "s", .string(state.rawValue)],
-        ])
+        try await runsFinished([(run, state)])
+    }
+
+    /// ``runFinished(_:state:)`` for many runs in one round trip.
+    func runsFinished(_ runs: [(RunID, RunState)]) async throws {
+        guard !runs.isEmpty else { return }
+        var batch = RedisPipeline(reservingCapacity: 1 + runs.count)
+        var remove: [RedisArgument] = ["ZREM", .string(activeKey)]
+        remove.reserveCapacity(2 + runs.count)
+        for (run, _) in runs { remove.append(.string(run.rawValue)) }
+        batch.append(remove)
+        for (run, state) in runs {
+            batch.append(["XADD", .string(globalEventsKey), "MAXLEN", "~", "100000", "*", "run", .string(run.rawValue), "s", .string(state.rawValue)])
+        }
+        _ = try await client.pipeline(batch)
     }
 
     private func deadLettered(_ run: RunID, _ node: NodeID, error: String, now: UInt64) async throws {
@@ -309,22 +447,13 @@ public final class RedisStateStore: Sendable {
 
     // MARK: Reply decoding
 
-    private func claimArgs(_ node: NodeID, _ epoch: UInt64, _ owner: String, _ lease: Duration, _ now: UInt64) -> [RedisArgument] {
-        [.string(node.description), .integer(Int(epoch)), .string(owner), .integer(Int(now)), .integer(Int(lease.milliseconds))]
-    }
-
-    private func commitArgs(_ node: NodeID, _ epoch: UInt64, _ owner: String, _ result: [UInt8], _ now: UInt64) -> [RedisArgument] {
-        [.string(node.description), .integer(Int(epoch)), .string(owner), .integer(Int(now)), .bytes(result),
-         .integer(Int(configuration.resultTTL.milliseconds)), .integer(Int(configuration.queueVisibility.milliseconds))]
-    }
-
     private func checkResultSize(_ run: RunID, _ node: NodeID, _ result: [UInt8]) throws {
         guard result.count <= configuration.maxResultBytes else {
             throw GantryError(.payloadTooLarge, "result of \(run)/\(node) is \(result.count) bytes, over the limit of \(configuration.maxResultBytes) bytes; raise store.max_result_bytes or store large data elsewhere and return a reference")
         }
     }
 
-    private func claimOutcome(_ run: RunID, _ node: NodeID, _ reply: RedisValue) async throws -> ClaimOutcome {
+    private func claimOutcome(_ run: RunID, _ node: NodeID, _ reply: RedisValue) throws -> ClaimOutcome {
         guard let items = reply.array, let status = items.first?.string else { throw scriptError("claim", run, node, reply) }
         switch status {
         case "ok": return .claimed(epoch: UInt64(items[1].int ?? 0), attempt: UInt32(items[2].int ?? 1))
@@ -338,12 +467,12 @@ public final class RedisStateStore: Sendable {
         }
     }
 
-    private func commitOutcome(_ run: RunID, _ node: NodeID, _ reply: RedisValue) async throws -> CommitOutcome {
+    /// Decodes one commit reply; the caller records a run it finished (``runsFinished(_:)``).
+    private func commitOutcome(_ run: RunID, _ node: NodeID, _ reply: RedisValue) throws -> CommitOutcome {
         guard let items = reply.array, let status = items.first?.string else { throw scriptError("commit", run, node, reply) }
         switch status {
         case "ok":
             let state = RunState(rawValue: items.count > 1 ? items[1].string ?? "" : "")
-            if let state { try await runFinished(run, state: state) }
             return .committed(ready: readyNodes(run, items, from: 2), runState: state)
         case "stale":
             return .stale
@@ -385,3 +514,4 @@ public struct LeaseRef: Hashable, Sendable {
         self.epoch = epoch
     }
 }
+

@@ -4,7 +4,10 @@ import GantryRedis
 ///
 /// Every key of a run shares the hash tag `{run-id}`: `KEYS[1]` is the run hash
 /// `<ns>:{R}:run` and every other key the scripts touch is derived from it with the same tag, so
-/// they all live in one slot and the scripts stay valid on Redis Cluster.
+/// they all live in one slot and the scripts stay valid on Redis Cluster. The batch scripts
+/// (``claimBatch``, ``commitBatch``) take one run key per item and switch to each in turn with
+/// `use_run`; every key they touch is declared in `KEYS`, so on a cluster they stay valid when
+/// their items are grouped by hash slot.
 ///
 /// Keys of a run (prefix `P = <ns>:{R}:`):
 /// - `P run`      hash: `s` state, `name`, `spec`, `stages` (csv), `total`, `done`, `ok`, `failed`,
@@ -28,9 +31,13 @@ import GantryRedis
 enum StoreScripts {
     /// What every script needs: key names and the event log.
     static let base = """
-        local RUN = KEYS[1]
-        local P = string.sub(RUN, 1, -4)
-        local T = P .. 't'
+        local RUN, P, T
+        local function use_run(key)
+          RUN = key
+          P = string.sub(key, 1, -4)
+          T = P .. 't'
+        end
+        if KEYS[1] then use_run(KEYS[1]) end
         local function nkey(node) return P .. 'n:' .. node end
         local function event(kind, node, now, ...)
           redis.call('XADD', P .. 'ev', 'MAXLEN', '~', 10000, '*', 'k', kind, 'n', node, 't', now, ...)
@@ -229,26 +236,47 @@ enum StoreScripts {
     /// `{'gone'}` (no such run) or `{'early'}` (not queued yet).
     ///
     /// ARGV: node, epoch, owner, now, lease ms.
-    static let claim = RedisScript(name: "claim", source: base + """
-        local node, epoch, owner, now, ttl = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
-        local nk = nkey(node)
-        local v = redis.call('HMGET', nk, 's', 'e', 'a')
-        local s = v[1]
-        if not s then return { 'gone' } end
-        if s == 'queued' then
-          local e = tonumber(v[2])
-          if e ~= epoch then return { 'stale', e } end
-          redis.call('HSET', nk, 's', 'running', 'o', owner, 'l', now + ttl, 'st', now)
-          redis.call('ZADD', T, now + ttl, node)
-          event('node', node, now, 's', 'running', 'o', owner, 'e', e)
-          return { 'ok', e, tonumber(v[3]) }
-        end
-        if s == 'cancelled' or s == 'skipped' then return { 'cancelled' } end
-        if s == 'succeeded' or s == 'failed' then return { 'done' } end
-        if tonumber(v[2]) ~= epoch then return { 'stale', tonumber(v[2]) } end
-        if s == 'running' then return { 'busy' } end
-        return { 'early' }
+    static let claim = RedisScript(name: "claim", source: claimFunction + """
+        return claim_node(ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]))
         """)
+
+    /// ``claim`` for many nodes, possibly of many runs, in one call: `KEYS[i]` is the run of item
+    /// `i`. Returns one ``claim`` reply per item.
+    ///
+    /// ARGV: owner, now, lease ms, then per item: node, epoch.
+    static let claimBatch = RedisScript(name: "claim_batch", source: claimFunction + """
+        local owner, now, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+        local out = {}
+        for i = 1, #KEYS do
+          use_run(KEYS[i])
+          out[i] = claim_node(ARGV[2 + 2 * i], tonumber(ARGV[3 + 2 * i]), owner, now, ttl)
+        end
+        return out
+        """)
+
+    /// `claim_node(node, epoch, owner, now, lease ms)`: the claim of one node of the current run.
+    static let claimFunction = base + """
+        local function claim_node(node, epoch, owner, now, ttl)
+          local nk = nkey(node)
+          local v = redis.call('HMGET', nk, 's', 'e', 'a')
+          local s = v[1]
+          if not s then return { 'gone' } end
+          if s == 'queued' then
+            local e = tonumber(v[2])
+            if e ~= epoch then return { 'stale', e } end
+            redis.call('HSET', nk, 's', 'running', 'o', owner, 'l', now + ttl, 'st', now)
+            redis.call('ZADD', T, now + ttl, node)
+            event('node', node, now, 's', 'running', 'o', owner, 'e', e)
+            return { 'ok', e, tonumber(v[3]) }
+          end
+          if s == 'cancelled' or s == 'skipped' then return { 'cancelled' } end
+          if s == 'succeeded' or s == 'failed' then return { 'done' } end
+          if tonumber(v[2]) ~= epoch then return { 'stale', tonumber(v[2]) } end
+          if s == 'running' then return { 'busy' } end
+          return { 'early' }
+        end
+
+        """
 
     /// Extends a lease. Returns `'ok'`, `'lost'` (the caller no longer holds it) or
     /// `'cancelled'` (the run was cancelled or failed: stop the work).
@@ -286,41 +314,63 @@ enum StoreScripts {
     /// `{'stale'}`; `run_state` is `''` unless this commit finished the run.
     ///
     /// ARGV: node, epoch, owner, now, result, result ttl ms, visibility ms.
-    static let commit = RedisScript(name: "commit", source: full + """
-        local node, epoch, owner, now, vis = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[7])
-        local nk = nkey(node)
-        local v = redis.call('HMGET', nk, 's', 'e', 'o', 'out')
-        if v[1] ~= 'running' or tonumber(v[2]) ~= epoch or v[3] ~= owner then
-          -- A cancelled node's late result is dropped quietly; anything else is a refused stale write.
-          if v[1] ~= 'cancelled' then redis.call('HINCRBY', RUN, 'stale', 1) end
-          return { 'stale' }
-        end
-        redis.call('SET', rkey(node), ARGV[5], 'PX', ARGV[6])
-        redis.call('HSET', nk, 's', 'succeeded', 'fin', now, 'sz', #ARGV[5], 'o', '')
-        redis.call('ZREM', T, node)
-        event('node', node, now, 's', 'succeeded', 'e', epoch)
-        local out = { 'ok', '' }
-        local run = redis.call('HMGET', RUN, 's', 'total')
-        if run[1] ~= 'running' then return out end
-        local total = tonumber(run[2])
-        local stage, idx = stage_of(node)
-        if idx then
-          local sk = nkey(stage)
-          local sv = redis.call('HMGET', sk, 's', 'nx', 'N')
-          if sv[1] ~= 'running' then return out end
-          local nx, n = tonumber(sv[2]), tonumber(sv[3])
-          if nx < n then
-            redis.call('HSET', sk, 'nx', nx + 1)
-            new_element(stage, nx, sk, now, vis, out)
-          end
-          if redis.call('HINCRBY', sk, 'left', -1) == 0 then
-            out[2] = check_complete(now, settle(stage, 'succeeded', now, vis, out, nil, run[1]), total)
-          end
-        else
-          out[2] = check_complete(now, settle(stage, 'succeeded', now, vis, out, v[4] or '', run[1]), total)
+    static let commit = RedisScript(name: "commit", source: commitFunction + """
+        return commit_node(ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4]), ARGV[5], ARGV[6], tonumber(ARGV[7]))
+        """)
+
+    /// ``commit`` for many nodes, possibly of many runs, in one call: `KEYS[i]` is the run of
+    /// item `i`. Returns one ``commit`` reply per item.
+    ///
+    /// ARGV: owner, now, result ttl ms, visibility ms, then per item: node, epoch, result.
+    static let commitBatch = RedisScript(name: "commit_batch", source: commitFunction + """
+        local owner, now, rttl, vis = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
+        local out = {}
+        for i = 1, #KEYS do
+          use_run(KEYS[i])
+          out[i] = commit_node(ARGV[2 + 3 * i], tonumber(ARGV[3 + 3 * i]), owner, now, ARGV[4 + 3 * i], rttl, vis)
         end
         return out
         """)
+
+    /// `commit_node(node, epoch, owner, now, result, result ttl ms, visibility ms)`: the commit of
+    /// one node of the current run.
+    static let commitFunction = full + """
+        local function commit_node(node, epoch, owner, now, result, rttl, vis)
+          local nk = nkey(node)
+          local v = redis.call('HMGET', nk, 's', 'e', 'o', 'out')
+          if v[1] ~= 'running' or tonumber(v[2]) ~= epoch or v[3] ~= owner then
+            -- A cancelled node's late result is dropped quietly; anything else is a refused stale write.
+            if v[1] ~= 'cancelled' then redis.call('HINCRBY', RUN, 'stale', 1) end
+            return { 'stale' }
+          end
+          redis.call('SET', rkey(node), result, 'PX', rttl)
+          redis.call('HSET', nk, 's', 'succeeded', 'fin', now, 'sz', #result, 'o', '')
+          redis.call('ZREM', T, node)
+          event('node', node, now, 's', 'succeeded', 'e', epoch)
+          local out = { 'ok', '' }
+          local run = redis.call('HMGET', RUN, 's', 'total')
+          if run[1] ~= 'running' then return out end
+          local total = tonumber(run[2])
+          local stage, idx = stage_of(node)
+          if idx then
+            local sk = nkey(stage)
+            local sv = redis.call('HMGET', sk, 's', 'nx', 'N')
+            if sv[1] ~= 'running' then return out end
+            local nx, n = tonumber(sv[2]), tonumber(sv[3])
+            if nx < n then
+              redis.call('HSET', sk, 'nx', nx + 1)
+              new_element(stage, nx, sk, now, vis, out)
+            end
+            if redis.call('HINCRBY', sk, 'left', -1) == 0 then
+              out[2] = check_complete(now, settle(stage, 'succeeded', now, vis, out, nil, run[1]), total)
+            end
+          else
+            out[2] = check_complete(now, settle(stage, 'succeeded', now, vis, out, v[4] or '', run[1]), total)
+          end
+          return out
+        end
+
+        """
 
     /// Records a failed attempt. A retriable failure with attempts left is delayed for retry
     /// (`{'retry', due_ms}`); otherwise the node is dead-lettered and the stage's failure policy
@@ -420,5 +470,5 @@ enum StoreScripts {
         """)
 
     /// Every script, for loading them all at start-up.
-    static let all: [RedisScript] = [createRun, claim, renew, release, commit, fail, cancel, wake]
+    static let all: [RedisScript] = [createRun, claim, claimBatch, renew, release, commit, commitBatch, fail, cancel, wake]
 }
