@@ -15,9 +15,11 @@ let package = Package(
         .executable(name: "gantry-coordinator", targets: ["GantryCoordinatorMain"]),
         .executable(name: "gantry-kafka-dev", targets: ["GantryKafkaDevBroker"]),
         .executable(name: "gantry-bench", targets: ["GantryBenchmarks"]),
+        .executable(name: "gantry-example-worker", targets: ["ExampleWorker"]),
         .library(name: "GantryCore", targets: ["GantryCore"]),
         .library(name: "GantryWorker", targets: ["GantryWorker"]),
         .library(name: "GantryTasks", targets: ["GantryTasks"]),
+        .library(name: "GantryWorkerApp", targets: ["GantryWorkerApp"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -25,6 +27,11 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
         .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
         .package(url: "https://github.com/swiftlang/swift-subprocess", from: "1.0.2"),
+        .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
     ],
     targets: [
         // MARK: C shims over Debian's -dev packages
@@ -83,7 +90,12 @@ let package = Package(
         ),
         .target(
             name: "GantryTasks",
-            dependencies: ["GantryCore"],
+            dependencies: [
+                "GantryCore",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Subprocess", package: "swift-subprocess"),
+            ],
             swiftSettings: swiftSettings
         ),
         .target(
@@ -91,6 +103,7 @@ let package = Package(
             dependencies: [
                 "GantryCore", "GantryTasks", "GantryRedis", "GantryStore",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Subprocess", package: "swift-subprocess"),
             ],
@@ -100,6 +113,42 @@ let package = Package(
             name: "GantryCoordinator",
             dependencies: [
                 "GantryCore", "GantryRedis", "GantryStore",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+
+        // MARK: Observability: /healthz, /readyz, /metrics and the dashboard
+        .target(
+            name: "GantryObservability",
+            dependencies: [
+                "GantryCore", "GantryRedis", "GantryStore",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "GantryDashboard",
+            dependencies: [
+                "GantryCore", "GantryStore",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+
+        /// The standard worker executable as a library: `gantry-worker` and users' own workers.
+        .target(
+            name: "GantryWorkerApp",
+            dependencies: [
+                "GantryCore", "GantryTasks", "GantryWorker", "GantryRuntime", "GantryObservability",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
@@ -119,7 +168,7 @@ let package = Package(
         .executableTarget(
             name: "GantryWorkerMain",
             dependencies: [
-                "GantryWorker", "GantryTasks", "GantryRuntime",
+                "GantryWorker", "GantryTasks", "GantryRuntime", "GantryObservability", "GantryWorkerApp",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
@@ -128,7 +177,7 @@ let package = Package(
         .executableTarget(
             name: "GantryCoordinatorMain",
             dependencies: [
-                "GantryCoordinator", "GantryRuntime",
+                "GantryCoordinator", "GantryRuntime", "GantryObservability", "GantryDashboard",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
@@ -151,7 +200,15 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
             ],
+            swiftSettings: swiftSettings
+        ),
+
+        /// The README's "Your own tasks" example: one custom task plus the standard worker.
+        .executableTarget(
+            name: "ExampleWorker",
+            dependencies: ["GantryCore", "GantryWorkerApp"],
             swiftSettings: swiftSettings
         ),
 
@@ -165,12 +222,13 @@ let package = Package(
         // MARK: Tests
         .testTarget(
             name: "GantryUnitTests",
-            dependencies: ["GantryCore", "GantryTasks", "GantryWorker", "GantryCoordinator"],
+            dependencies: ["GantryCore", "GantryTasks", "GantryWorker", "GantryCoordinator", "GantryObservability", "GantryDashboard"],
             swiftSettings: swiftSettings
         ),
         .testTarget(
             name: "GantryIntegrationTests",
-            dependencies: ["GantryCore", "GantryRedis", "GantryStore", "GantryKafka", "GantryAMQP", "GantryWorker", "GantryCoordinator", "GantryPoolTestChild"],
+            dependencies: ["GantryCore", "GantryRedis", "GantryStore", "GantryKafka", "GantryAMQP", "GantryWorker", "GantryCoordinator", "GantryPoolTestChild", "GantryObservability", "GantryDashboard",
+                "GantryTasks", .product(name: "Hummingbird", package: "hummingbird")],
             swiftSettings: swiftSettings
         ),
     ]

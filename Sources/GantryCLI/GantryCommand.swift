@@ -29,7 +29,10 @@ struct GantryCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "gantry",
         abstract: "Submit and inspect Gantry jobs and pipelines.",
-        subcommands: [Submit.self, RunTask.self, Status.self, Watch.self, Explain.self, Cancel.self, Workers.self, Validate.self, RunLocal.self, Tasks.self]
+        subcommands: [
+            Submit.self, RunTask.self, Status.self, Watch.self, Explain.self, Cancel.self, Retry.self, DeadLetters.self,
+            Workers.self, Queues.self, Dev.self, Validate.self, RunLocal.self, Tasks.self, Config.self,
+        ]
     )
 }
 

@@ -20,7 +20,7 @@ struct Status: AsyncParsableCommand {
             let (store, _) = try await cluster.store()
             if let run {
                 let status = try await store.status(try parseRun(run))
-                if output.json { try printJSON(status) } else { print(StatusRenderer.render(status, now: currentMilliseconds())) }
+                if output.json { try printJSON(statusJSON(status)) } else { print(StatusRenderer.render(status, now: currentMilliseconds(), color: StatusRenderer.useColor)) }
             } else {
                 var statuses: [RunStatus] = []
                 for id in try await store.recentRuns(limit: limit) {
@@ -30,6 +30,20 @@ struct Status: AsyncParsableCommand {
             }
         }
     }
+}
+
+/// A run's status for scripts: as ``RunStatus`` encodes, with `elements` an object of
+/// stage name → element list.
+func statusJSON(_ status: RunStatus) throws -> JSONValue {
+    guard case .object(var object) = try JSONValue(parsing: Array(JSONEncoder().encode(status))) else {
+        throw GantryError(.protocolError, "run status did not encode as a JSON object")
+    }
+    var elements: [String: JSONValue] = [:]
+    for (stage, nodes) in status.elements {
+        elements[stage.rawValue] = try JSONValue(parsing: Array(JSONEncoder().encode(nodes)))
+    }
+    object["elements"] = .object(elements)
+    return .object(object)
 }
 
 /// One line of `gantry status` for scripts.
@@ -82,8 +96,12 @@ struct Explain: AsyncParsableCommand {
                     throw GantryError(.notFound, "run \(status.runID) has no stage or element '\(stage)'; its stages: \(status.stages.map(\.node.description).joined(separator: ", "))")
                 }
                 explanations = [Explainer.explain(found, in: status, now: now)]
+                if found.node.index == nil { explanations += unfinishedElements(of: found.node.stage, in: status, now: now, limit: 20) }
             } else {
-                explanations = status.stages.filter { !$0.state.isFinal || $0.state == .failed || $0.state == .skipped }.map { Explainer.explain($0, in: status, now: now) }
+                for stage in status.stages where !stage.state.isFinal || stage.state == .failed || stage.state == .skipped {
+                    explanations.append(Explainer.explain(stage, in: status, now: now))
+                    explanations += unfinishedElements(of: stage.node.stage, in: status, now: now, limit: 5)
+                }
                 if explanations.isEmpty { explanations = status.stages.map { Explainer.explain($0, in: status, now: now) } }
             }
             if output.json {
@@ -94,6 +112,12 @@ struct Explain: AsyncParsableCommand {
             }
         }
     }
+}
+
+/// The elements of a mapped stage that have not succeeded, explained (at most `limit`).
+private func unfinishedElements(of stage: StageName, in status: RunStatus, now: UInt64, limit: Int) -> [Explanation] {
+    let open = (status.elements[stage] ?? []).filter { $0.state != .succeeded && $0.state != .cancelled }
+    return open.prefix(limit).map { Explainer.explain($0, in: status, now: now) }
 }
 
 struct Cancel: AsyncParsableCommand {

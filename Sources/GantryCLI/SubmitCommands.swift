@@ -10,23 +10,37 @@ import Logging
 func connectRuntime(_ cluster: ClusterOptions, broker: String?) async throws -> GantryRuntime {
     var settings = try cluster.settings()
     if let broker { settings.set("broker.kind", .string(broker), source: "--broker") }
+    // Both servers are checked before the transport exists: a Kafka client would start
+    // logging connection failures of its own.
+    try await RedisStateStore(settings: settings).checkReachable(settings: settings)
+    try await GantryRuntime.checkBrokerReachable(settings: settings)
     return try await GantryRuntime.connect(settings: settings, logger: Logger(label: "gantry.cli"))
 }
 
-/// Submits `plan`, prints the run id (or JSON), and with `wait` follows it to the end.
-func submitAndReport(_ plan: PipelinePlan, input: [UInt8], idempotencyKey: String?, wait: Bool, json: Bool, cluster: ClusterOptions, broker: String?) async throws {
+/// Submits `plan`, prints the run id (or JSON), and with `wait` follows it to the end: exit
+/// status 2 when the run does not succeed. Returns the run.
+@discardableResult
+func submitAndReport(_ plan: PipelinePlan, input: [UInt8], idempotencyKey: String?, wait: Bool, json: Bool, cluster: ClusterOptions, broker: String?, afterSuccess: ((RunID, RedisStateStore) async throws -> Void)? = nil) async throws -> RunID {
     let runtime = try await connectRuntime(cluster, broker: broker)
-    let created = try await runtime.dispatcher.submit(plan, input: input, idempotencyKey: idempotencyKey)
+    let created: CreatedRun
+    do {
+        created = try await runtime.dispatcher.submit(plan, input: input, idempotencyKey: idempotencyKey)
+    } catch {
+        await runtime.transport.close()
+        throw error
+    }
     await runtime.transport.close()
     if json {
-        try printJSON(["run": created.runID.rawValue, "created": created.created ? "true" : "false"])
+        if !wait { try printJSON(["run": created.runID.rawValue, "created": created.created ? "true" : "false"]) }
     } else {
         print(created.created ? "submitted run \(created.runID) (\(plan.spec.name), \(plan.spec.stages.count) stages)" : "run \(created.runID) already exists for this idempotency key")
     }
-    guard wait else { return }
-    let state = try await ProgressView.follow(created.runID, store: runtime.store, quiet: json)
-    if json { try printJSON(try await runtime.store.status(created.runID)) }
+    guard wait else { return created.runID }
+    let state = try await ProgressView.follow(created.runID, store: runtime.store, mode: json ? .quiet : .automatic)
+    if json { try printJSON(try statusJSON(try await runtime.store.status(created.runID))) }
+    if state == .succeeded, let afterSuccess { try await afterSuccess(created.runID, runtime.store) }
     if state != .succeeded { throw ExitCode(2) }
+    return created.runID
 }
 
 struct Submit: AsyncParsableCommand {
@@ -95,36 +109,11 @@ struct RunTask: AsyncParsableCommand {
             let arguments = try args.map { try JSONValue(parsing: $0) } ?? .null
             let stage = StageSpec(name: "job", task: task, kind: stageKind, args: arguments, queue: queue)
             let plan = try PipelinePlan(PipelineSpec(name: "run-\(task)", stages: [stage]), knownTasks: BuiltinTasks.registry.names)
-            try await submitAndReport(plan, input: try readInput(input), idempotencyKey: nil, wait: wait, json: output.json, cluster: cluster, broker: broker)
-            if wait && !output.json {
-                let (store, _) = try await cluster.store()
-                let runs = try await store.recentRuns(limit: 1)
-                if let run = runs.first, let result = try await store.result(run, NodeID(stage: "job")) {
-                    print(String(decoding: result, as: UTF8.self))
-                }
+            let json = output.json
+            try await submitAndReport(plan, input: try readInput(input), idempotencyKey: nil, wait: wait, json: json, cluster: cluster, broker: broker) { run, store in
+                guard !json, let result = try await store.result(run, NodeID(stage: "job")) else { return }
+                print(String(decoding: result, as: UTF8.self))
             }
-        }
-    }
-}
-
-/// Live progress of a run in the terminal: one line per stage, redrawn as events arrive.
-enum ProgressView {
-    /// Follows `run` until it ends and returns its final state.
-    static func follow(_ run: RunID, store: RedisStateStore, quiet: Bool) async throws -> RunState {
-        let interactive = isatty(1) == 1 && !quiet
-        var drawn = 0
-        var last = "0"
-        while true {
-            let events = try await store.waitForEvents(run, after: last, timeout: .milliseconds(500))
-            if let tail = events.last { last = tail.id }
-            let status = try await store.status(run)
-            if !quiet {
-                let text = StatusRenderer.render(status, now: currentMilliseconds())
-                if interactive && drawn > 0 { print("\u{1B}[\(drawn)A\u{1B}[J", terminator: "") }
-                if interactive || status.state.isFinal { print(text) }
-                drawn = text.split(separator: "\n", omittingEmptySubsequences: false).count
-            }
-            if status.state.isFinal { return status.state }
         }
     }
 }

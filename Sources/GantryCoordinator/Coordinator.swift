@@ -60,22 +60,40 @@ public final class Coordinator: Service, Sendable {
 
     /// Runs until graceful shutdown or cancellation, resigning the lease on the way out.
     public func run() async throws {
+        CoordinatorMetrics.leader(false)
         await cancelWhenGracefulShutdown {
             var lastRenewal = ContinuousClock.now - self.configuration.leaderLease
             while !Task.isCancelled {
                 do {
                     // Renew at a third of the lease, so a slow sweep never lets it lapse.
                     if ContinuousClock.now - lastRenewal >= self.configuration.leaderLease / 3 {
-                        let leader = try await self.lease.acquireOrExtend(ttl: self.configuration.leaderLease)
+                        let leader: Bool
+                        do {
+                            leader = try await self.lease.acquireOrExtend(ttl: self.configuration.leaderLease)
+                        } catch {
+                            CoordinatorMetrics.redisError("lease")
+                            throw error
+                        }
                         lastRenewal = ContinuousClock.now
                         if leader != self.leading.load(ordering: .relaxed) {
                             self.logger.info(leader ? "became leader" : "lost leadership")
                             self.leading.store(leader, ordering: .relaxed)
+                            CoordinatorMetrics.leader(leader)
+                            CoordinatorMetrics.leaderChanged()
                         }
                     }
                     if self.leading.load(ordering: .relaxed) {
-                        try await self.sweep()
+                        do {
+                            try await self.sweepRuns(now: currentMilliseconds())
+                        } catch let failure as PublishFailure {
+                            CoordinatorMetrics.brokerError("publish")
+                            throw failure.underlying
+                        } catch {
+                            CoordinatorMetrics.redisError("sweep")
+                            throw error
+                        }
                         self.sweeps.add(1, ordering: .relaxed)
+                        CoordinatorMetrics.swept()
                     }
                 } catch {
                     self.logger.warning("coordinator loop error (will retry): \(error)")
@@ -86,12 +104,22 @@ public final class Coordinator: Service, Sendable {
         if leading.load(ordering: .relaxed) {
             try? await lease.resign()
             leading.store(false, ordering: .relaxed)
+            CoordinatorMetrics.leader(false)
             logger.info("resigned leadership")
         }
     }
 
     /// One pass over every active run: handle its due timers and publish what they released.
     public func sweep(now: UInt64 = currentMilliseconds()) async throws {
+        do {
+            try await sweepRuns(now: now)
+        } catch let failure as PublishFailure {
+            throw failure.underlying
+        }
+    }
+
+    /// ``sweep(now:)`` with publishing errors wrapped in ``PublishFailure``, to count them apart.
+    private func sweepRuns(now: UInt64) async throws {
         for run in try await store.activeRuns(limit: 10_000) {
             var more = true
             var outcome = WakeOutcome(ready: [], more: false, runState: nil, gone: false)
@@ -103,10 +131,18 @@ public final class Coordinator: Service, Sendable {
                     break
                 }
                 if !outcome.ready.isEmpty {
-                    try await dispatcher.publish(outcome.ready)
+                    do {
+                        try await dispatcher.publish(outcome.ready)
+                    } catch {
+                        throw PublishFailure(underlying: error)
+                    }
+                    CoordinatorMetrics.republished(outcome.ready.count)
                     logger.debug("re-published \(outcome.ready.count) tasks of run \(run)")
                 }
-                if let state = outcome.runState { logger.info("run \(run) finished: \(state.rawValue)") }
+                if let state = outcome.runState {
+                    CoordinatorMetrics.runFinished(state.rawValue)
+                    logger.info("run \(run) finished: \(state.rawValue)", metadata: ["run": .string(run.rawValue), "trace": .string(TraceContext.traceID(of: run))])
+                }
                 more = outcome.more
             }
             if outcome.runState == nil && outcome.gone { try await store.forgetMissingRun(run, now: now) }

@@ -2,11 +2,15 @@ import ArgumentParser
 import Foundation
 import GantryCoordinator
 import GantryCore
+import GantryDashboard
+import GantryObservability
 import GantryRuntime
+import GantryStore
 import Logging
 import ServiceLifecycle
 
-/// `gantry-coordinator`: keeps runs moving; one of any number leads, the others stand by.
+/// `gantry-coordinator`: keeps runs moving; one of any number leads, the others stand by. Serves
+/// `/healthz`, `/readyz`, `/metrics` and the web dashboard on `observability.coordinator_listen`.
 @main
 struct CoordinatorMain: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -27,9 +31,22 @@ struct CoordinatorMain: AsyncParsableCommand {
         let logger = Logger(label: "gantry.coordinator")
 
         let runtime = try await GantryRuntime.connect(settings: settings, logger: logger)
-        let coordinator = Coordinator(configuration: try CoordinatorConfiguration(settings: settings), store: runtime.store, dispatcher: runtime.dispatcher, logger: logger)
+        let coordinatorConfiguration = try CoordinatorConfiguration(settings: settings)
+        let coordinator = Coordinator(configuration: coordinatorConfiguration, store: runtime.store, dispatcher: runtime.dispatcher, logger: logger)
+        let dashboard = Dashboard(
+            store: runtime.store, transport: runtime.transport,
+            leaderLease: LeaderLease(store: runtime.store, holder: coordinatorConfiguration.coordinatorID), logger: Logger(label: "gantry.dashboard")
+        )
+        let serveDashboard = try ObservabilityConfiguration(settings: settings, process: .coordinator).dashboard
+        let observability = try ObservabilityServer.forProcess(
+            .coordinator, id: coordinatorConfiguration.coordinatorID, settings: settings, store: runtime.store, transport: runtime.transport,
+            readinessQueue: try settings.strings("worker.queues").first ?? "default", logger: logger
+        ) { router in
+            if serveDashboard { dashboard.register(on: router) }
+        }
+        // The HTTP server starts first and stops last, so it reports on the whole shutdown.
         let group = ServiceGroup(configuration: ServiceGroupConfiguration(
-            services: [.init(service: coordinator)],
+            services: (observability.map { [ServiceGroupConfiguration.ServiceConfiguration(service: $0)] } ?? []) + [.init(service: coordinator)],
             gracefulShutdownSignals: [.sigterm, .sigint],
             cancellationSignals: [],
             logger: logger

@@ -32,6 +32,12 @@ import Yams
 ///   renew_interval: 10s
 ///   drain_timeout: 20s                   # on SIGTERM, how long in-flight tasks may finish
 ///   max_payload_bytes: 16777216          # larger messages are dead-lettered
+///   task_limits: {}                      # per task type in-flight limits, e.g. {http: 16}; env "http=16,exec=2"
+/// tasks:                                 # the built-in http and exec tasks
+///   exec_allow: []                       # commands exec may run (names on PATH or absolute paths); [] = exec off
+///   exec_max_output_bytes: 1048576       # larger stdout fails the task
+///   http_timeout: 30s                    # per request when args.timeout is not given
+///   http_max_response_bytes: 1048576     # larger response bodies fail the task
 /// coordinator:
 ///   leader_lease: 5s                     # a standby takes over within this
 ///   sweep_interval: 100ms                # how often due timers are handled
@@ -52,6 +58,11 @@ import Yams
 ///   required: false                      # workers dead-letter unsigned or tampered messages
 /// log:
 ///   level: info                          # trace | debug | info | notice | warning | error | critical
+/// observability:                         # /healthz, /readyz, /metrics (and the coordinator's dashboard)
+///   worker_listen: 127.0.0.1:0           # gantry-worker's address; port 0 = any free port; off = none
+///   coordinator_listen: 127.0.0.1:9470   # gantry-coordinator's address, dashboard included
+///   port_file: ""                        # write the bound host:port here once listening ("" = no file)
+///   dashboard: true                      # the coordinator serves the dashboard
 /// ```
 ///
 /// Environment: `GANTRY_<SECTION>_<KEY>` in upper case overrides any scalar key, e.g.
@@ -74,13 +85,17 @@ public struct GantrySettings: Sendable {
         "store.namespace": "gantry", "store.result_ttl": "7d", "store.retention": "7d", "store.queue_visibility": "2m",
         "store.max_result_bytes": 1_048_576, "store.max_input_bytes": 1_048_576, "store.max_lost_leases": 3,
         "worker.queues": .array(["default"]), "worker.concurrency": 64, "worker.lease": "30s", "worker.renew_interval": "10s",
-        "worker.drain_timeout": "20s", "worker.max_payload_bytes": 16_777_216,
+        "worker.drain_timeout": "20s", "worker.max_payload_bytes": 16_777_216, "worker.task_limits": .object([:]),
+        "tasks.exec_allow": .array([]), "tasks.exec_max_output_bytes": 1_048_576, "tasks.http_timeout": "30s",
+        "tasks.http_max_response_bytes": 1_048_576,
         "coordinator.leader_lease": "5s", "coordinator.sweep_interval": "100ms",
         "pool.size": 0, "pool.executable": "", "pool.max_tasks_per_child": 1000, "pool.rss_limit_bytes": 1_073_741_824,
         "pool.respawn_backoff": "100ms", "pool.max_respawn_backoff": "5s", "pool.termination_grace": "2s",
         "pool.startup_timeout": "10s", "pool.acquire_timeout": "5m", "pool.max_frame_bytes": 268_435_456,
         "signing.key_id": "", "signing.keys": .object([:]), "signing.required": false,
         "log.level": "info",
+        "observability.worker_listen": "127.0.0.1:0", "observability.coordinator_listen": "127.0.0.1:9470",
+        "observability.port_file": "", "observability.dashboard": true,
     ]
 
     private static let aliases: [String: String] = [
@@ -127,7 +142,7 @@ public struct GantrySettings: Sendable {
         }
         guard let parsed else { return }
         guard let sections = parsed as? [String: Any] else {
-            throw GantryError(.configuration, "\(file): configuration must be a mapping of sections (redis, broker, store, worker, coordinator, signing, log)")
+            throw GantryError(.configuration, "\(file): configuration must be a mapping of sections (redis, broker, store, worker, tasks, coordinator, pool, signing, log, observability)")
         }
         for (section, body) in sections {
             guard let body = body as? [String: Any] else {

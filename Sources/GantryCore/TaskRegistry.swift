@@ -54,8 +54,8 @@ public struct TaskDefinition: Sendable {
 
 /// The tasks compiled into a worker binary, by name.
 ///
-/// Built-in tasks come from `GantryTasks.builtins`; users add their own with ``register(_:kind:summary:_:)``
-/// before starting the worker.
+/// Built-in tasks come from `BuiltinTasks.registry` (module GantryTasks); users add their own with
+/// ``register(_:kind:summary:_:)`` and run them with `WorkerApp.main(tasks:)` (module GantryWorkerApp).
 public struct TaskRegistry: Sendable {
     private var definitions: [String: TaskDefinition] = [:]
 

@@ -18,6 +18,7 @@ import Glibc
 /// | `bloat` | returns `args.bytes` bytes |
 /// | `noisy` | prints to stdout and stderr, then returns its input |
 /// | `context` | returns its context as JSON |
+/// | `wait-first` | on attempt 1 sleeps `args.ms` (default 60000) in C, then returns the pid; later attempts return the pid at once |
 enum PoolTestTasks {
     /// What `grow` allocated, kept so the child's resident size stays up after the task returns.
     static let ballast = Mutex<[[UInt8]]>([])
@@ -58,6 +59,13 @@ enum PoolTestTasks {
             let line = Array("noise on stderr\n".utf8)
             _ = line.withUnsafeBytes { write(STDERR_FILENO, $0.baseAddress!, $0.count) }
             return input
+        }
+        registry.register("wait-first", kind: .cpu) { _, context in
+            if context.attempt == 1 {
+                // Stuck in C code with no cancellation point, so only a signal ends it early.
+                usleep(UInt32(min(context.args["ms"]?.intValue ?? 60_000, 3_600_000) * 1000))
+            }
+            return Array(String(getpid()).utf8)
         }
         registry.register("context", kind: .cpu) { _, context in
             var upstream: [String: JSONValue] = [:]

@@ -106,7 +106,8 @@ public final class TaskDispatcher: Sendable {
             }
             let envelope = TaskEnvelope(
                 runID: ready.runID, node: ready.node, task: stage.task, kind: stage.kind, priority: UInt8(stage.priority),
-                attempt: ready.attempt, epoch: ready.epoch, enqueuedMilliseconds: now, payload: payload
+                attempt: ready.attempt, epoch: ready.epoch, enqueuedMilliseconds: now,
+                traceParent: TraceContext(run: ready.runID, node: ready.node, attempt: ready.attempt).traceParent, payload: payload
             )
             let body = signing.map { envelope.encoded(signedWith: $0.secret, keyID: $0.id) } ?? envelope.encoded()
             byQueue[stage.queue, default: []].append(OutgoingMessage(body: body, key: ready.runID.rawValue, priority: UInt8(stage.priority)))

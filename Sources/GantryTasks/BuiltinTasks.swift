@@ -11,9 +11,20 @@ import GantryCore
 /// | `wordcount` | cpu | `{"words","lines","bytes","top":[[word,count]…]}` of its input text |
 /// | `split` | cpu | a JSON list of its input's lines, in chunks of `args.lines` (default 1) |
 /// | `report` | io | a JSON object summarising its input, for the last stage of a pipeline |
+/// | `http` | io | one HTTP request; `{"status","headers","body","base64"}` (see ``HTTPTask``) |
+/// | `exec` | io | runs an allowed command with the input on stdin, returns stdout (see ``ExecTask``) |
 public enum BuiltinTasks {
-    /// A registry holding every built-in task.
+    /// Every built-in task with the default ``BuiltinTaskConfiguration`` (so `exec` refuses every
+    /// command) and `http` on the process-wide ``HTTPTaskClient/shared`` client. For tools that
+    /// list or validate tasks, and for in-process runs; a worker uses
+    /// ``registry(configuration:http:)``.
     public static var registry: TaskRegistry {
+        registry(configuration: BuiltinTaskConfiguration(), http: .shared)
+    }
+
+    /// Every built-in task, with `http` and `exec` set up by `configuration` and `http` sending
+    /// its requests through `http` (which the caller runs and shuts down).
+    public static func registry(configuration: BuiltinTaskConfiguration, http: HTTPTaskClient) -> TaskRegistry {
         var registry = TaskRegistry()
         registry.register("noop", kind: .io, summary: "does nothing and returns nothing") { _, _ in [] }
         registry.register("echo", kind: .io, summary: "returns its input") { input, _ in input }
@@ -45,6 +56,12 @@ public enum BuiltinTasks {
             ]
             if let title = context.args["title"] { summary["title"] = title }
             return JSONValue.object(summary).jsonBytes
+        }
+        registry.register("http", kind: .io, summary: "one HTTP request (args.url or the input; method, headers, timeout); returns status, headers, body") { input, context in
+            try await HTTPTask.run(input: input, args: context.args, client: http, configuration: configuration)
+        }
+        registry.register("exec", kind: .io, summary: "runs an allowed command (args.command, tasks.exec_allow) with the input on stdin; returns stdout") { input, context in
+            try await ExecTask.run(input: input, context: context, configuration: configuration)
         }
         return registry
     }

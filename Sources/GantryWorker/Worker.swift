@@ -23,6 +23,7 @@ public final class Worker: Service, Sendable {
     private let transport: any TaskTransport
     private let dispatcher: TaskDispatcher
     private let pool: ChildProcessPool?
+    private let limiter: TaskLimiter
     private let logger: Logger
     private let held = Mutex<[HeldKey: HeldTask]>([:])
     private let tally = Mutex(WorkerCounters())
@@ -62,6 +63,7 @@ public final class Worker: Service, Sendable {
         self.transport = transport
         self.dispatcher = dispatcher ?? TaskDispatcher(store: store, transport: transport)
         self.pool = pool
+        self.limiter = TaskLimiter(limits: configuration.taskLimits)
         var logger = logger
         logger[metadataKey: "worker"] = .string(configuration.workerID)
         self.logger = logger
@@ -97,12 +99,15 @@ public final class Worker: Service, Sendable {
             do {
                 for try await delivery in deliveries {
                     tally.withLock { $0.received += 1; $0.inFlight += 1 }
+                    WorkerMetrics.inFlight(delivery.queue, 1)
                     group.addTask {
                         await self.handle(delivery)
                         self.tally.withLock { $0.inFlight -= 1 }
+                        WorkerMetrics.inFlight(delivery.queue, -1)
                     }
                 }
             } catch {
+                WorkerMetrics.brokerError("consume")
                 logger.error("consuming stopped: \(error)")
             }
             // Intake is over. Let in-flight work finish, up to the drain timeout.
@@ -127,14 +132,18 @@ public final class Worker: Service, Sendable {
         } catch {
             logger.warning("dead-lettering an undecodable message from \(delivery.queue): \(error)")
             tally.withLock { $0.deadLettered += 1 }
+            WorkerMetrics.received(WorkerMetrics.unknownTask, delivery.queue)
+            WorkerMetrics.deadLettered(WorkerMetrics.unknownTask, delivery.queue)
             await settle(delivery) { try await self.transport.deadLetter(delivery, reason: "\(error)") }
             return
         }
         var log = logger
         log[metadataKey: "run"] = .string(envelope.runID.rawValue)
         log[metadataKey: "node"] = .string(envelope.node.description)
+        log[metadataKey: "stage"] = .string(envelope.node.stage.rawValue)
         log[metadataKey: "attempt"] = .stringConvertible(envelope.attempt)
-        if !envelope.traceParent.isEmpty { log[metadataKey: "trace"] = .string(envelope.traceParent) }
+        log[metadataKey: "trace"] = .string(TraceContext.traceID(traceParent: envelope.traceParent, run: envelope.runID))
+        WorkerMetrics.received(envelope.task, delivery.queue)
 
         let claim: ClaimOutcome
         do {
@@ -147,16 +156,20 @@ public final class Worker: Service, Sendable {
         guard case .claimed(let epoch, let attempt) = claim else {
             log.debug("dropping message: \(claim)")
             tally.withLock { $0.dropped += 1 }
+            WorkerMetrics.dropped(envelope.task, delivery.queue)
             await settle(delivery) { try await self.transport.ack(delivery) }
             return
         }
 
+        WorkerMetrics.queueWait(envelope.task, delivery.queue, enqueuedMilliseconds: envelope.enqueuedMilliseconds)
         let key = HeldKey(runID: envelope.runID, node: envelope.node)
         // The attempt runs in its own task so that renewal can cancel it (lost lease, cancelled run).
+        // It is held before it starts, so that it can let go before recording its outcome.
+        held.withLock { $0[key] = HeldTask(epoch: epoch, task: nil) }
         let attemptTask = Task {
             await self.runAttempt(envelope, epoch: epoch, attempt: attempt, delivery: delivery, log: log)
         }
-        held.withLock { $0[key] = HeldTask(epoch: epoch, task: attemptTask) }
+        held.withLock { $0[key]?.task = attemptTask }
         await attemptTask.value
         held.withLock { _ = $0.removeValue(forKey: key) }
     }
@@ -179,6 +192,7 @@ public final class Worker: Service, Sendable {
             await handBack(delivery)
             return
         }
+        let attemptStarted = ContinuousClock.now
         do {
             let definition = try registry.require(envelope.task)
             // A mapped element arrives with its element as the payload; the list it came from is
@@ -188,18 +202,35 @@ public final class Worker: Service, Sendable {
             let upstream = needed.isEmpty ? [:] : try await withStore { try await self.store.upstreamResults(run, stages: needed) }
             let input = isElement ? envelope.payload : try StageInput.assemble(stage: stage, index: nil, runInput: envelope.payload, upstream: upstream)
             let context = TaskContext(runID: run, node: node, attempt: attempt, args: stage.args, upstream: upstream, deadlineMilliseconds: envelope.deadlineMilliseconds)
-            if stage.kind == .cpu, let pool {
-                // The pool enforces the timeout itself (SIGTERM → SIGKILL) while this process keeps
-                // renewing the lease; a lost lease cancels this task, which stops the child.
-                outcome = .success(try await pool.run(task: definition.name, input: input, context: context, timeout: stage.timeout))
-            } else {
-                outcome = .success(try await withTimeout(stage.timeout) { try await definition.function(input, context) })
+            // worker.task_limits: wait for a slot of this task type (lease renewed meanwhile).
+            let result = try await limiter.withSlot(for: definition.name) {
+                if stage.kind == .cpu, let pool {
+                    // The pool enforces the timeout itself (SIGTERM → SIGKILL) while this process keeps
+                    // renewing the lease; a lost lease cancels this task, which stops the child.
+                    return try await pool.run(task: definition.name, input: input, context: context, timeout: stage.timeout)
+                }
+                return try await withTimeout(stage.timeout) { try await definition.function(input, context) }
             }
+            // Refused by the store's commit, an oversized result would be handed back forever.
+            guard result.count <= store.configuration.maxResultBytes else {
+                throw GantryError(.payloadTooLarge, "task '\(definition.name)' returned \(result.count) bytes, over store.max_result_bytes (\(store.configuration.maxResultBytes)); raise it or return a reference to the data")
+            }
+            outcome = .success(result)
         } catch {
             outcome = .failure(error)
         }
+        WorkerMetrics.duration(envelope.task, delivery.queue, since: attemptStarted)
 
-        if Task.isCancelled || isCancelled(run, node) {
+        // From here on the outcome is recorded, and renewal stops watching the attempt: a commit
+        // after a lost lease is refused by its epoch anyway, and a renewal that finds the node
+        // already succeeded must not cut short the publishing of what the commit made ready.
+        let stopped = held.withLock { tasks in
+            let key = HeldKey(runID: run, node: node)
+            if tasks[key]?.cancelled == true { return true }
+            tasks.removeValue(forKey: key)
+            return false
+        }
+        if Task.isCancelled || stopped {
             // Renewal found the lease lost or the run cancelled, or shutdown's drain timed out.
             // Whatever this attempt produced must not be committed by us now.
             if held.withLock({ $0[HeldKey(runID: run, node: node)]?.cancelled }) == true {
@@ -218,12 +249,14 @@ public final class Worker: Service, Sendable {
             case .success(let result):
                 let committed = try await withStore { try await self.store.commit(run, node, epoch: epoch, owner: owner, result: result) }
                 if case .committed(let ready, let runState) = committed {
-                    try await withStore { try await self.dispatcher.publish(ready) }
+                    WorkerMetrics.succeeded(envelope.task, delivery.queue)
+                    try await publish(ready)
                     tally.withLock { $0.succeeded += 1 }
                     if let runState { log.info("run finished: \(runState.rawValue)") }
                 } else {
                     log.warning("result refused: this worker no longer held the current epoch")
                     tally.withLock { $0.dropped += 1 }
+                    WorkerMetrics.staleCommitRefused(envelope.task, delivery.queue)
                 }
             case .failure(let error):
                 let gantryError = error as? GantryError
@@ -237,13 +270,16 @@ public final class Worker: Service, Sendable {
                 case .retryAt:
                     log.info("attempt failed, will retry in \(backoff.shortDescription): \(message)")
                     tally.withLock { $0.retried += 1 }
+                    WorkerMetrics.failed(envelope.task, delivery.queue, retried: true)
                 case .deadLettered(let ready, let runState):
                     log.warning("task failed for good and was dead-lettered: \(message)")
                     tally.withLock { $0.failed += 1 }
-                    try await withStore { try await self.dispatcher.publish(ready) }
+                    WorkerMetrics.failed(envelope.task, delivery.queue, retried: false)
+                    try await publish(ready)
                     if let runState { log.info("run finished: \(runState.rawValue)") }
                 case .stale:
                     tally.withLock { $0.dropped += 1 }
+                    WorkerMetrics.dropped(envelope.task, delivery.queue)
                 }
             }
         } catch {
@@ -254,10 +290,6 @@ public final class Worker: Service, Sendable {
             return
         }
         await settle(delivery) { try await self.transport.ack(delivery) }
-    }
-
-    private func isCancelled(_ run: RunID, _ node: NodeID) -> Bool {
-        held.withLock { $0[HeldKey(runID: run, node: node)]?.cancelled ?? false }
     }
 
     // MARK: Background loops
@@ -271,21 +303,29 @@ public final class Worker: Service, Sendable {
             guard !leases.isEmpty else { continue }
             do {
                 let outcomes = try await store.renew(leases, owner: configuration.workerID, lease: configuration.lease)
+                WorkerMetrics.leasesRenewed(outcomes.count { $0 == .renewed })
                 for (lease, outcome) in zip(leases, outcomes) where outcome != .renewed {
+                    WorkerMetrics.leaseExpired()
                     let task = held.withLock { tasks -> Task<Void, Never>? in
                         tasks[HeldKey(runID: lease.runID, node: lease.node)]?.cancelled = true
                         return tasks[HeldKey(runID: lease.runID, node: lease.node)]?.task
                     }
-                    logger.info("stopping \(lease.runID)/\(lease.node): lease \(outcome.rawValue)")
+                    logger.info("stopping \(lease.runID)/\(lease.node): lease \(outcome.rawValue)", metadata: [
+                        "run": .string(lease.runID.rawValue), "node": .string(lease.node.description), "stage": .string(lease.node.stage.rawValue),
+                        "trace": .string(TraceContext.traceID(of: lease.runID)),
+                    ])
                     task?.cancel()
                 }
             } catch {
+                WorkerMetrics.redisError("renew")
                 logger.warning("lease renewal failed (will retry): \(error)")
             }
         }
     }
 
     private func heartbeatLoop() async throws {
+        // The tasks this worker can run, so tools can check pipelines against live workers.
+        let taskNames = registry.names.sorted().joined(separator: ",")
         while !Task.isCancelled {
             let snapshot = counters
             try? await store.heartbeat(worker: configuration.workerID, fields: [
@@ -294,7 +334,8 @@ public final class Worker: Service, Sendable {
                 "in_flight": String(snapshot.inFlight),
                 "succeeded": String(snapshot.succeeded),
                 "failed": String(snapshot.failed),
-            ], ttl: configuration.heartbeatInterval * 3)
+                "tasks": taskNames,
+            ].merging(configuration.statusFields()) { own, _ in own }, ttl: configuration.heartbeatInterval * 3)
             try await Task.sleep(for: configuration.heartbeatInterval)
         }
     }
@@ -303,11 +344,28 @@ public final class Worker: Service, Sendable {
 
     /// Retries a store operation while Redis is unreachable, up to the configured deadline.
     private func withStore<T>(_ operation: () async throws -> T) async throws -> T {
-        try await store.client.retrying(until: ContinuousClock.now + configuration.storeRetryDeadline, operation)
+        do {
+            return try await store.client.retrying(until: ContinuousClock.now + configuration.storeRetryDeadline, operation)
+        } catch {
+            WorkerMetrics.redisError("store")
+            throw error
+        }
+    }
+
+    /// Publishes what a commit released (reading specs and inputs from Redis as needed).
+    private func publish(_ ready: [ReadyNode]) async throws {
+        guard !ready.isEmpty else { return }
+        do {
+            try await store.client.retrying(until: ContinuousClock.now + configuration.storeRetryDeadline) { try await self.dispatcher.publish(ready) }
+        } catch {
+            WorkerMetrics.brokerError("publish")
+            throw error
+        }
     }
 
     private func handBack(_ delivery: Delivery) async {
         tally.withLock { $0.handedBack += 1 }
+        WorkerMetrics.handedBack(delivery.queue)
         await settle(delivery) { try await self.transport.nack(delivery, requeue: true) }
     }
 
@@ -316,6 +374,7 @@ public final class Worker: Service, Sendable {
             try await action()
         } catch {
             // The broker will redeliver an unsettled message; the fenced store makes that harmless.
+            WorkerMetrics.brokerError("settle")
             logger.warning("could not settle a delivery from \(delivery.queue): \(error)")
         }
     }

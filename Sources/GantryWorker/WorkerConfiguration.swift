@@ -1,3 +1,4 @@
+import Foundation
 import GantryCore
 
 /// Settings of a worker; every time is a `Duration`.
@@ -23,6 +24,13 @@ public struct WorkerConfiguration: Sendable {
     public var storeRetryDeadline: Duration
     /// This worker's identity in leases and status: `host:pid:random` by default.
     public var workerID: String
+    /// Extra fields for every heartbeat (e.g. `metrics`: where the worker serves `/metrics`),
+    /// asked each time one is written. Default none.
+    public var statusFields: @Sendable () -> [String: String] = { [:] }
+    /// The most tasks of one task type (by name) in flight at once, on top of ``concurrency``;
+    /// for both in-process and pool stages. A task waiting for its type's slot holds its lease
+    /// (renewed) and one of the worker's slots. Default none.
+    public var taskLimits: [String: Int] = [:]
 
     /// The defaults listed on each property.
     public init(
@@ -54,6 +62,9 @@ public struct WorkerConfiguration: Sendable {
         var result: [String] = []
         if queues.isEmpty { result.append("worker.queues is empty: name at least one queue") }
         if concurrency < 1 { result.append("worker.concurrency must be at least 1, got \(concurrency)") }
+        for (task, limit) in taskLimits.sorted(by: { $0.key < $1.key }) where limit < 1 {
+            result.append("worker.task_limits: the limit of task '\(task)' must be at least 1, got \(limit)")
+        }
         if renewInterval >= lease { result.append("worker.renew_interval (\(renewInterval.shortDescription)) must be shorter than worker.lease (\(lease.shortDescription))") }
         return result
     }
@@ -70,5 +81,35 @@ extension WorkerConfiguration {
             drainTimeout: try settings.duration("worker.drain_timeout"),
             maxPayloadBytes: try settings.int("worker.max_payload_bytes")
         )
+        taskLimits = try Self.taskLimits(settings)
+    }
+
+    /// `worker.task_limits`: a mapping of task names to limits, or from the environment a text
+    /// like `http=16,exec=2`.
+    static func taskLimits(_ settings: GantrySettings) throws -> [String: Int] {
+        let problem = GantryError(
+            .configuration,
+            "setting 'worker.task_limits' (from \(settings.source(of: "worker.task_limits"))) must map task names to limits, like { http: 16 } in the file or http=16,exec=2 in GANTRY_WORKER_TASK_LIMITS"
+        )
+        switch settings.values["worker.task_limits"] {
+        case nil, .null?:
+            return [:]
+        case .object(let object)?:
+            return try object.mapValues { value in
+                if let number = value.intValue { return Int(number) }
+                if let text = value.stringValue, let number = Int(text) { return number }
+                throw problem
+            }
+        case .string(let text)?:
+            var limits: [String: Int] = [:]
+            for pair in text.split(separator: ",") {
+                let parts = pair.split(separator: "=", maxSplits: 1).map { $0.trimmingCharacters(in: .whitespaces) }
+                guard parts.count == 2, !parts[0].isEmpty, let limit = Int(parts[1]) else { throw problem }
+                limits[parts[0]] = limit
+            }
+            return limits
+        default:
+            throw problem
+        }
     }
 }

@@ -2,52 +2,9 @@ import Foundation
 import GantryCore
 import Testing
 
-/// Runs the built `gantry` binary (next to the test bundle) with `arguments` and `environment`
-/// added to this process's, and returns its exit status, standard output and standard error.
-private func gantry(_ arguments: [String], environment: [String: String] = [:]) throws -> (status: Int32, out: String, err: String) {
-    let products = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
-    var binary = products.appendingPathComponent("gantry")
-    // The xctest bundle sits one level deeper on some toolchains.
-    if !FileManager.default.isExecutableFile(atPath: binary.path) {
-        binary = products.deletingLastPathComponent().appendingPathComponent("gantry")
-    }
-    let process = Process()
-    process.executableURL = binary
-    process.arguments = arguments
-    process.environment = ProcessInfo.processInfo.environment.merging(environment) { _, new in new }
-    // Standard error goes to a file and standard output to a pipe read to its end, so a chatty
-    // child never blocks on a full pipe.
-    let errURL = FileManager.default.temporaryDirectory.appendingPathComponent("gantry-cli-\(UUID().uuidString).err")
-    FileManager.default.createFile(atPath: errURL.path, contents: nil)
-    defer { try? FileManager.default.removeItem(at: errURL) }
-    let out = Pipe()
-    process.standardOutput = out
-    process.standardError = try FileHandle(forWritingTo: errURL)
-    try process.run()
-    let outData = out.fileHandleForReading.readDataToEndOfFile()
-    process.waitUntilExit()
-    let errData = (try? Data(contentsOf: errURL)) ?? Data()
-    return (process.terminationStatus, String(decoding: outData, as: UTF8.self), String(decoding: errData, as: UTF8.self))
-}
-
-private func temporaryFile(_ name: String, _ text: String) throws -> String {
-    let directory = FileManager.default.temporaryDirectory.appendingPathComponent("gantry-cli-\(UUID().uuidString)")
-    try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-    let path = directory.appendingPathComponent(name).path
-    try text.write(toFile: path, atomically: true, encoding: .utf8)
-    return path
-}
-
 @Suite struct CLITests {
-    /// A namespace and queue no other test uses, on the local stack's Redis and RabbitMQ.
-    let environment = [
-        "GANTRY_STORE_NAMESPACE": "gantry-cli-\(UUID().uuidString.prefix(8))",
-        "GANTRY_BROKER": "rabbitmq",
-        "GANTRY_CONFIG": "",
-    ].filter { !$0.value.isEmpty }
-
-    @Test func aMalformedPipelineIsRejectedWithItsFileAndLine() throws {
-        let path = try temporaryFile("bad.yaml", """
+    @Test func aMalformedPipelineIsRejectedWithItsFileAndLine() async throws {
+        let path = try CLI.temporaryFile("bad.yaml", """
             name: bad
             stages:
               - name: a
@@ -56,69 +13,95 @@ private func temporaryFile(_ name: String, _ text: String) throws -> String {
                 task: noop
                 after: [c]
             """)
-        let result = try gantry(["validate", path])
+        let result = try await CLI.run(["validate", path])
         #expect(result.status == 1)
         #expect(result.err.contains("\(path):4:11: stage 'a': unknown task 'sha265' (did you mean 'sha256'?)"))
         #expect(result.err.contains("\(path):7:"))
         #expect(result.err.contains("depends on unknown stage 'c'"))
-        let missing = try gantry(["validate", "/nonexistent/pipeline.yaml"])
+        let missing = try await CLI.run(["validate", "/nonexistent/pipeline.yaml"])
         #expect(missing.status == 1)
         #expect(missing.err.contains("cannot read pipeline file '/nonexistent/pipeline.yaml'"))
     }
 
-    @Test func aValidPipelineIsListedInRunOrder() throws {
-        let path = try temporaryFile("good.yaml", "name: good\nstages:\n  - { name: b, task: noop, after: [a] }\n  - { name: a, task: noop }\n")
-        let result = try gantry(["validate", path])
+    @Test func aValidPipelineIsListedInRunOrder() async throws {
+        let path = try CLI.temporaryFile("good.yaml", "name: good\nstages:\n  - { name: b, task: noop, after: [a] }\n  - { name: a, task: noop }\n")
+        let result = try await CLI.run(["validate", path])
         #expect(result.status == 0)
         let lines = result.out.split(separator: "\n").map(String.init)
         #expect(lines.first == "pipeline 'good' is valid: 2 stages")
         #expect(lines.firstIndex { $0.contains(" a ") }! < lines.firstIndex { $0.contains(" b ") }!)
     }
 
-    @Test func anUnreachableServerIsOneErrorNamingTheAddressAndSetting() throws {
-        let result = try gantry(["status"], environment: ["GANTRY_REDIS_URL": "redis://127.0.0.1:1"])
+    @Test func anUnreachableServerIsOneErrorNamingTheAddressAndSetting() async throws {
+        let result = try await CLI.run(["status"], environment: ["GANTRY_REDIS_URL": "redis://127.0.0.1:1"])
         #expect(result.status == 1)
         #expect(result.err.contains("127.0.0.1:1"))
         #expect(result.err.contains("environment variable GANTRY_REDIS_URL"))
         #expect(result.err.split(separator: "\n").count == 1)
     }
 
-    @Test func submitExplainAndCancelAQueuedRun() throws {
-        let queue = "cli-\(UUID().uuidString.prefix(8).lowercased())"
-        let path = try temporaryFile("p.yaml", """
-            name: cli
-            stages:
-              - { name: first, task: echo, queue: \(queue) }
-              - { name: second, task: echo, after: [first], queue: \(queue) }
-            """)
-        // No worker consumes this queue: the run stays where submit left it.
-        let submitted = try gantry(["submit", path, "--input", "hello", "--json"], environment: environment)
-        #expect(submitted.status == 0, "\(submitted.err)")
-        let run = try #require(try JSONValue(parsing: submitted.out)["run"]?.stringValue)
+    @Test func theConfigFileListsEveryKeyWithItsDefault() async throws {
+        let file = CLI.root.appendingPathComponent("config/gantry.yaml").path
+        // Only the file: no GANTRY_* variable of the environment the tests run in.
+        let clean = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("GANTRY_") }
+        let loaded = try GantrySettings.load(file: file, environment: clean, fileMustExist: true)
+        for (key, value) in GantrySettings.defaults {
+            #expect(loaded.source(of: key) == file, "config/gantry.yaml does not list '\(key)'")
+            #expect(loaded.values[key] == value, "config/gantry.yaml shows \(key): \(String(describing: loaded.values[key])), but its default is \(value)")
+        }
 
-        let status = try gantry(["status", run, "--json"], environment: environment)
-        #expect(status.status == 0)
-        let parsed = try JSONValue(parsing: status.out)
-        #expect(parsed["state"] == .string("running"))
-        #expect(parsed["stages"]?.arrayValue?.compactMap { $0["state"]?.stringValue } == ["queued", "waiting"])
+        // gantry config: file, then environment, then flags.
+        let shown = try await CLI.run(["config", "--json", "--config", file, "--redis", "redis://127.0.0.1:7777"], environment: ["GANTRY_WORKER_CONCURRENCY": "16"])
+        #expect(shown.status == 0, "\(shown.err)")
+        let rows = try #require(try CLI.json(shown.out).arrayValue)
+        #expect(rows.count == GantrySettings.defaults.count)
+        let byKey = Dictionary(uniqueKeysWithValues: rows.compactMap { row in row["key"]?.stringValue.map { ($0, row) } })
+        #expect(byKey["worker.concurrency"]?["value"] == .int(16))
+        #expect(byKey["worker.concurrency"]?["source"] == .string("environment variable GANTRY_WORKER_CONCURRENCY"))
+        #expect(byKey["redis.url"]?["value"] == .string("redis://127.0.0.1:7777"))
+        #expect(byKey["redis.url"]?["source"] == .string("--redis"))
+        #expect(byKey["store.retention"]?["source"] == .string(file) || byKey["store.retention"]?["source"]?.stringValue?.hasPrefix("environment") == true)
+    }
 
-        let explained = try gantry(["explain", run, "--json"], environment: environment)
-        #expect(explained.status == 0)
-        let blockers = try JSONValue(parsing: explained.out).arrayValue?.compactMap { $0["blocker"]?.stringValue }
-        #expect(blockers == ["queue", "dependency"])
-        let text = try gantry(["explain", run, "second"], environment: environment)
-        #expect(text.out.contains("second: waiting on first (queued)"))
+    @Test func submitExplainAndCancelAQueuedRun() async throws {
+        try await CLIScene.with { scene in
+            let environment = scene.environment()
+            let queue = scene.queue
+            let path = try CLI.temporaryFile("p.yaml", """
+                name: cli
+                stages:
+                  - { name: first, task: echo, queue: \(queue) }
+                  - { name: second, task: echo, after: [first], queue: \(queue) }
+                """)
+            // No worker consumes this queue: the run stays where submit left it.
+            let submitted = try await CLI.run(["submit", path, "--input", "hello", "--json"], environment: environment)
+            #expect(submitted.status == 0, "\(submitted.err)")
+            let run = try #require(try JSONValue(parsing: submitted.out)["run"]?.stringValue)
 
-        let cancelled = try gantry(["cancel", run], environment: environment)
-        #expect(cancelled.status == 0)
-        #expect(cancelled.out.contains("run \(run) cancelled"))
-        let again = try gantry(["cancel", run], environment: environment)
-        #expect(again.status == 3)
-        let afterCancel = try gantry(["explain", run, "first", "--json"], environment: environment)
-        #expect(try JSONValue(parsing: afterCancel.out).arrayValue?.first?["blocker"] == .string("cancelled"))
+            let status = try await CLI.run(["status", run, "--json"], environment: environment)
+            #expect(status.status == 0)
+            let parsed = try JSONValue(parsing: status.out)
+            #expect(parsed["state"] == .string("running"))
+            #expect(parsed["stages"]?.arrayValue?.compactMap { $0["state"]?.stringValue } == ["queued", "waiting"])
 
-        let unknown = try gantry(["status", RunID.make().rawValue], environment: environment)
-        #expect(unknown.status == 1)
-        #expect(unknown.err.contains("does not exist"))
+            let explained = try await CLI.run(["explain", run, "--json"], environment: environment)
+            #expect(explained.status == 0)
+            let blockers = try JSONValue(parsing: explained.out).arrayValue?.compactMap { $0["blocker"]?.stringValue }
+            #expect(blockers == ["queue", "dependency"])
+            let text = try await CLI.run(["explain", run, "second"], environment: environment)
+            #expect(text.out.contains("second: waiting on first (queued)"))
+
+            let cancelled = try await CLI.run(["cancel", run], environment: environment)
+            #expect(cancelled.status == 0)
+            #expect(cancelled.out.contains("run \(run) cancelled"))
+            let again = try await CLI.run(["cancel", run], environment: environment)
+            #expect(again.status == 3)
+            let afterCancel = try await CLI.run(["explain", run, "first", "--json"], environment: environment)
+            #expect(try JSONValue(parsing: afterCancel.out).arrayValue?.first?["blocker"] == .string("cancelled"))
+
+            let unknown = try await CLI.run(["status", RunID.make().rawValue], environment: environment)
+            #expect(unknown.status == 1)
+            #expect(unknown.err.contains("does not exist"))
+        }
     }
 }

@@ -58,6 +58,8 @@ struct KafkaTransportTests {
         try await first.ack(got[1])
         // The task running the consumer is cancelled while it holds d2 and d3.
         await collector.stop()
+        // Stopping commits what was settled (d0 and d1) in the background before leaving.
+        try await Self.eventually("the stopping consumer's commit of d0 and d1") { try await first.depth(of: queue) == 2 }
         // Settlements arriving after it died neither fail nor act: no commit, no republish.
         try await first.ack(got[2])
         try await first.nack(got[3], requeue: true)

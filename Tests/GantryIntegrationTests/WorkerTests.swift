@@ -48,26 +48,6 @@ private struct Cluster {
     }
 }
 
-/// Runs `services` in a ServiceGroup while `body` runs, then shuts the group down gracefully.
-private func withServices<T: Sendable>(_ services: [any Service], _ body: () async throws -> T) async throws -> T {
-    var logger = Logger(label: "test")
-    logger.logLevel = .warning
-    let group = ServiceGroup(services: services, logger: logger)
-    return try await withThrowingTaskGroup(of: Void.self) { tasks in
-        tasks.addTask { try await group.run() }
-        do {
-            let result = try await body()
-            await group.triggerGracefulShutdown()
-            try await tasks.waitForAll()
-            return result
-        } catch {
-            await group.triggerGracefulShutdown()
-            try? await tasks.waitForAll()
-            throw error
-        }
-    }
-}
-
 @Suite struct WorkerTests {
     @Test func aWorkerRunsADiamondWithFanOutToCompletion() async throws {
         let cluster = try Cluster()
@@ -80,7 +60,7 @@ private func withServices<T: Sendable>(_ services: [any Service], _ body: () asy
               - { name: report, task: report, after: [hash, count] }
             """, input: "alpha beta\ngamma\ndelta alpha\n")
         let worker = try cluster.worker()
-        let state = try await withServices([worker]) { try await cluster.waitForEnd(run) }
+        let state = try await withWorkerServices([worker]) { try await cluster.waitForEnd(run) }
         #expect(state == .succeeded)
         let hashes = try #require(try await cluster.store.upstreamResults(run, stages: ["hash"])["hash"])
         #expect(try JSONValue(parsing: hashes) == .array(["alpha beta", "gamma", "delta alpha"].map { .string(BuiltinTasks.sha256(Array($0.utf8))) }))
@@ -96,7 +76,7 @@ private func withServices<T: Sendable>(_ services: [any Service], _ body: () asy
         try await cluster.transport.publish([OutgoingMessage(body: Array("{\"not\": \"an envelope\"}".utf8)), OutgoingMessage(body: [0x47, 0x54, 1])], to: "default")
         let run = try await cluster.submit("name: p\nstages:\n  - { name: a, task: echo }\n", input: "still works")
         let worker = try cluster.worker()
-        let state = try await withServices([worker]) { try await cluster.waitForEnd(run) }
+        let state = try await withWorkerServices([worker]) { try await cluster.waitForEnd(run) }
         #expect(state == .succeeded)
         #expect(try await cluster.store.result(run, NodeID(stage: "a")) == Array("still works".utf8))
         #expect(try await cluster.transport.depth(of: "default.dlq") == 2)
@@ -120,7 +100,7 @@ private func withServices<T: Sendable>(_ services: [any Service], _ body: () asy
         let flakyRun = try await cluster.submit("name: p\nstages:\n  - { name: a, task: flaky, retry: { max_attempts: 3, initial_backoff: 50ms, jitter: 0 } }\n", registry: registry)
         let brokenRun = try await cluster.submit("name: p\nstages:\n  - { name: a, task: broken, retry: 5 }\n  - { name: b, task: echo, after: [a] }\n", registry: registry)
         let worker = try cluster.worker(registry)
-        let (flaky, broken) = try await withServices([worker, cluster.coordinator()]) {
+        let (flaky, broken) = try await withWorkerServices([worker, cluster.coordinator()]) {
             (try await cluster.waitForEnd(flakyRun), try await cluster.waitForEnd(brokenRun))
         }
         #expect(flaky == .succeeded)
@@ -136,7 +116,7 @@ private func withServices<T: Sendable>(_ services: [any Service], _ body: () asy
     @Test func aStageTimeoutCancelsTheTask() async throws {
         let cluster = try Cluster()
         let run = try await cluster.submit("name: p\nstages:\n  - { name: slow, task: sleep, args: { duration: 30s }, timeout: 100ms, retry: 1 }\n")
-        let state = try await withServices([try cluster.worker()]) { try await cluster.waitForEnd(run, timeout: .seconds(10)) }
+        let state = try await withWorkerServices([try cluster.worker()]) { try await cluster.waitForEnd(run, timeout: .seconds(10)) }
         #expect(state == .failed)
         #expect(try await cluster.store.status(run).stages[0].error?.contains("timeout of 100ms") == true)
     }
@@ -152,7 +132,7 @@ private func withServices<T: Sendable>(_ services: [any Service], _ body: () asy
         #expect(try await cluster.store.claim(run, envelope.node, epoch: envelope.epoch, owner: "doomed", lease: .milliseconds(300)) == .claimed(epoch: 1, attempt: 1))
         // The coordinator re-queues after the lease expires; a healthy worker finishes the task.
         let healthy = try cluster.worker()
-        let state = try await withServices([healthy, cluster.coordinator()]) { try await cluster.waitForEnd(run) }
+        let state = try await withWorkerServices([healthy, cluster.coordinator()]) { try await cluster.waitForEnd(run) }
         #expect(state == .succeeded)
         #expect(try await cluster.store.result(run, NodeID(stage: "a")) == Array("payload".utf8))
         let status = try await cluster.store.status(run)
@@ -167,7 +147,7 @@ private func withServices<T: Sendable>(_ services: [any Service], _ body: () asy
         let cluster = try Cluster()
         let run = try await cluster.submit("name: p\nstages:\n  - { name: slow, task: sleep, args: { duration: 60s } }\n")
         let worker = try cluster.worker()
-        try await withServices([worker]) {
+        try await withWorkerServices([worker]) {
             try await redisWaitUntil("the task to start") { try await cluster.store.status(run).stages[0].state == .running }
             #expect(try await cluster.store.cancel(run) == .cancelled)
             try await redisWaitUntil("the worker to stop the task", timeout: .seconds(10)) { worker.counters.inFlight == 0 }
@@ -180,7 +160,7 @@ private func withServices<T: Sendable>(_ services: [any Service], _ body: () asy
         let cluster = try Cluster()
         let run = try await cluster.submit("name: p\nstages:\n  - { name: a, task: sleep, args: { duration: 500ms } }\n", input: "x")
         let worker = try cluster.worker()
-        try await withServices([worker]) {
+        try await withWorkerServices([worker]) {
             try await redisWaitUntil("the task to start") { try await cluster.store.status(run).stages[0].state == .running }
         }
         // The group was shut down while the task ran: it finished and committed before exit.
@@ -196,7 +176,7 @@ private func withServices<T: Sendable>(_ services: [any Service], _ body: () asy
         var logger = Logger(label: "test")
         logger.logLevel = .warning
         let firstGroup = ServiceGroup(services: [first], logger: logger)
-        try await withServices([second]) {
+        try await withWorkerServices([second]) {
             try await withThrowingTaskGroup(of: Void.self) { tasks in
                 tasks.addTask { try await firstGroup.run() }
                 try await redisWaitUntil("a leader") { first.isLeader || second.isLeader }

@@ -120,7 +120,7 @@ import GantryWorker
             return
         }
         #expect(error.contains("timeout of 50ms"))
-        #expect(report.elapsed < .seconds(5))
+        #expect(report.elapsed < .seconds(9))  // well short of the 10 s sleep: it was cancelled
     }
 }
 

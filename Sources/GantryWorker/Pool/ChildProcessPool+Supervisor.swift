@@ -58,10 +58,11 @@ extension ChildProcessPool {
             let run = await runChild(slot: slot, generation: generation, inbox: inbox, log: log)
             let life = run.life
             // Counters first, so that a caller who sees the failure also sees it counted.
-            let abandoned = state.withLock { state in
+            let (abandoned, alive) = state.withLock { state in
                 state.childEnded(slot, Self.lifeEnd(life?.ending))
-                return state.abandon(slot)
+                return (state.abandon(slot), state.counters.alive)
             }
+            if run.pid != nil { Self.recordEnd(life?.ending, alive: alive) }
             if let job = abandoned {
                 job.continuation.resume(throwing: failure(life?.ending ?? .crashed, task: job.task, pid: run.pid, exit: run.exit, lastLine: life?.lastOutputLine))
             }
@@ -101,6 +102,16 @@ extension ChildProcessPool {
         switch ending {
         case nil, .crashed?, .broken?: true
         case .recycled?, .timedOut?, .cancelled?, .shutdown?: false
+        }
+    }
+
+    private static func recordEnd(_ ending: ChildEnding?, alive: Int) {
+        PoolMetrics.alive(alive)
+        switch lifeEnd(ending) {
+        case .crashed: PoolMetrics.respawned()
+        case .recycled: PoolMetrics.recycled()
+        case .stopped: PoolMetrics.killed()
+        case .shutdown: break
         }
     }
 
@@ -195,7 +206,9 @@ extension ChildProcessPool {
         let pid = execution.processIdentifier.value
         var log = log
         log[metadataKey: "child_pid"] = .stringConvertible(pid)
-        state.withLock { $0.childStarted(slot, pid: pid) }
+        let alive = state.withLock { $0.childStarted(slot, pid: pid); return $0.counters.alive }
+        PoolMetrics.childStarted()
+        PoolMetrics.alive(alive)
         let tail = OutputTail()
         let maxFrameBytes = configuration.maxFrameBytes
         return await withTaskGroup(of: Void.self) { group in
