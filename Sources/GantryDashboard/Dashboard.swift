@@ -169,7 +169,7 @@ public struct Dashboard: Sendable {
             var first = true
             var idle = ContinuousClock.now
             while !Task.isCancelled {
-                let events: [RunEvent]
+                var events: [RunEvent]
                 do {
                     events = try await self.store.events(run, after: last, count: 500)
                 } catch {
@@ -182,6 +182,13 @@ public struct Dashboard: Sendable {
                     let status: RunStatus
                     do {
                         status = try await self.store.status(run)
+                        if status.state.isFinal {
+                            // The run ended after the events above were read: its last events
+                            // (written by the same script that ended it) go in this final update.
+                            let rest = try await self.store.events(run, after: last, count: 500)
+                            events += rest
+                            if let newest = rest.last { last = newest.id }
+                        }
                     } catch {
                         try await writer.write(ByteBuffer(string: "event: problem\ndata: \(JSONValue.string("\(error)").jsonString)\n\n"))
                         break
