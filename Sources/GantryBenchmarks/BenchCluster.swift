@@ -47,7 +47,7 @@ final class BenchCluster: Sendable {
     /// A short id of the run, in its namespace and queue names.
     let tag: String
     let logger: Logger
-    private let processes = Mutex<[ManagedProcess]>([])
+    private let processes = Mutex<[ChildProcess]>([])
     private let counters = Mutex<[String: Int]>([:])
     private let inProcess = Mutex<(group: ServiceGroup, task: Task<Void, any Error>)?>(nil)
 
@@ -117,23 +117,23 @@ final class BenchCluster: Sendable {
 
     /// Starts a real `gantry-worker` (or another worker executable built on the library).
     @discardableResult
-    func startWorker(executable: String = Executable.path("gantry-worker"), arguments: [String] = [], environment extra: [String: String] = [:]) throws -> ManagedProcess {
+    func startWorker(executable: String = Executable.path("gantry-worker"), arguments: [String] = [], environment extra: [String: String] = [:]) throws -> ChildProcess {
         try start("worker", executable: executable, arguments: arguments, environment: extra)
     }
 
     /// Starts a real `gantry-coordinator`.
     @discardableResult
-    func startCoordinator() throws -> ManagedProcess {
+    func startCoordinator() throws -> ChildProcess {
         try start("coordinator", executable: Executable.path("gantry-coordinator"), arguments: [], environment: [:])
     }
 
-    private func start(_ role: String, executable: String, arguments: [String], environment extra: [String: String]) throws -> ManagedProcess {
+    private func start(_ role: String, executable: String, arguments: [String], environment extra: [String: String]) throws -> ChildProcess {
         let number = counters.withLock { counts -> Int in
             counts[role, default: 0] += 1
             return counts[role]!
         }
         let name = "\(role)-\(number)"
-        let process = try ManagedProcess.spawn(
+        let process = try ChildProcess.spawnTracked(
             name: name, executable: executable, arguments: arguments, environment: environment(adding: extra),
             logPath: directory.appendingPathComponent("\(name).log").path
         )
@@ -142,7 +142,7 @@ final class BenchCluster: Sendable {
     }
 
     /// Processes started so far that are still running.
-    var runningProcesses: [ManagedProcess] {
+    var runningProcesses: [ChildProcess] {
         processes.withLock { $0 }.filter(\.isRunning)
     }
 
@@ -256,7 +256,7 @@ final class BenchCluster: Sendable {
     }
 }
 
-extension ManagedProcess {
+extension ChildProcess {
     /// Set for processes a scenario killed or stopped itself, so they are not reported as
     /// having died on their own.
     var wasStoppedOnPurpose: Bool { !ProcessRegistry.shared.contains(self) }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import GantryCore
+import GantryRuntime
 import GantryWorker
 import Logging
 import Synchronization

@@ -1,5 +1,6 @@
 import Foundation
 import GantryCore
+import GantryRuntime
 import GantryStore
 import Synchronization
 
@@ -37,7 +38,7 @@ extension ChaosRun {
         }
     }
 
-    private var runningWorkers: [ManagedProcess] {
+    private var runningWorkers: [ChildProcess] {
         cluster.runningProcesses.filter { $0.name.hasPrefix("worker") }
     }
 

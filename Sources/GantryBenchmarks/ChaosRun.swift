@@ -1,5 +1,6 @@
 import Foundation
 import GantryCore
+import GantryRuntime
 import GantryStore
 import Synchronization
 
@@ -141,7 +142,7 @@ final class ChaosRun: Sendable {
     /// Starts one worker of the scenario's kind: the real gantry-worker, or for `oom`
     /// gantry-bench's own worker (it has the `allocate` task) with its children's memory limit.
     @discardableResult
-    func startWorker() throws -> ManagedProcess {
+    func startWorker() throws -> ChildProcess {
         if scenario == .oom {
             let limit = cgroup.value ?? MemoryCgroup.make(name: "gantry-chaos-\(cluster.tag)", limitBytes: command.memoryLimitMb << 20)
             cgroup.value = limit

@@ -78,7 +78,7 @@ enum FloodInjector {
                     while case let index = next.next(), index < messages.count {
                         let file = directory.appendingPathComponent("message-\(index)")
                         try Data(messages[index]).write(to: file)
-                        let process = try ManagedProcess.spawn(
+                        let process = try ChildProcess.spawnTracked(
                             name: "amqp-publish", executable: executable, arguments: ["--url", url, "-r", queue, "-p"],
                             environment: ProcessInfo.processInfo.environment, logPath: directory.appendingPathComponent("amqp-publish.log").path,
                             standardInput: file.path
@@ -113,7 +113,7 @@ enum FloodInjector {
         }
         let file = directory.appendingPathComponent("messages")
         try Data(data).write(to: file)
-        let process = try ManagedProcess.spawn(
+        let process = try ChildProcess.spawnTracked(
             name: "kcat", executable: executable,
             arguments: ["-P", "-b", brokers, "-t", topic, "-D", "\\x1e\\x1f\\x1e\\x1f", "-l", file.path],
             environment: ProcessInfo.processInfo.environment, logPath: directory.appendingPathComponent("kcat.log").path

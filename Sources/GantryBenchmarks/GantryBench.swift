@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Logging
+import GantryRuntime
 import GantryWorker
 
 /// `gantry-bench`: benchmarks that print their figures with their conditions, one JSON line

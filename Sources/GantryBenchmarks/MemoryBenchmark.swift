@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import GantryCore
+import GantryRuntime
 
 /// Resident memory of the real `gantry-worker` and `gantry-coordinator` processes: idle after
 /// start-up, and at their peak during a throughput run (`VmRSS` and `VmHWM` of
@@ -49,7 +50,7 @@ struct MemoryBenchmark: AsyncParsableCommand {
             guard let workerIdle = worker.memory, let coordinatorIdle = coordinator.memory else {
                 throw GantryError(.commandFailed, "cannot read /proc/<pid>/status of the worker or coordinator")
             }
-            let children = worker.childPIDs.compactMap(processMemory)
+            let children = worker.childPIDs.compactMap(ChildProcess.memory(of:))
             let plan = try BenchCluster.singleTaskPlan("noop")
             try await ThroughputRun.warmUp(cluster: bench, plan: plan, count: 500)
             let load = try await ThroughputRun.measure(cluster: bench, tasks: tasks, submitters: submitters, plan: plan)

@@ -1,6 +1,7 @@
 import Foundation
 import GantryAMQP
 import GantryCore
+import GantryRuntime
 import GantryRedis
 import Synchronization
 
@@ -15,7 +16,7 @@ final class PrivateRedis: Sendable {
     let port: Int
     let directory: URL
     var url: String { "redis://127.0.0.1:\(port)" }
-    private let server = LockedBox<ManagedProcess?>(nil)
+    private let server = LockedBox<ChildProcess?>(nil)
 
     init(directory: URL) throws {
         self.directory = directory
@@ -25,7 +26,7 @@ final class PrivateRedis: Sendable {
 
     /// Starts the server (loading its AOF, if any) and waits until it answers PING.
     func start() async throws {
-        let process = try ManagedProcess.spawn(
+        let process = try ChildProcess.spawnTracked(
             name: "redis", executable: "/usr/bin/redis-server",
             arguments: ["--bind", "127.0.0.1", "--port", String(port), "--dir", directory.path, "--appendonly", "yes",
                         "--appendfsync", "everysec", "--save", "", "--protected-mode", "yes", "--daemonize", "no"],
@@ -69,7 +70,7 @@ final class PrivateRabbitMQ: Sendable {
     let nodeName: String
     let directory: URL
     var url: String { "amqp://guest:guest@127.0.0.1:\(port)/" }
-    private let server = LockedBox<ManagedProcess?>(nil)
+    private let server = LockedBox<ChildProcess?>(nil)
     private static let serverScript = "/usr/lib/rabbitmq/bin/rabbitmq-server"
 
     init(directory: URL, tag: String) throws {
@@ -113,7 +114,7 @@ final class PrivateRabbitMQ: Sendable {
         guard FileManager.default.isExecutableFile(atPath: Self.serverScript) else {
             throw GantryError(.configuration, "\(Self.serverScript) is missing: install rabbitmq-server (ops/bootstrap does)")
         }
-        let process = try ManagedProcess.spawn(
+        let process = try ChildProcess.spawnTracked(
             name: "rabbitmq", executable: Self.serverScript, arguments: [], environment: environment,
             logPath: directory.appendingPathComponent("log/stdout.log").path
         )

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import GantryCore
+import GantryRuntime
 import GantryStore
 import Synchronization
 
@@ -110,7 +111,7 @@ enum ThroughputRun {
 
     /// The worker alone on a backlog: `tasks` runs are submitted while the worker process is
     /// stopped (SIGSTOP), then it is resumed and timed until every run ended. Returns runs/s.
-    static func drain(cluster: BenchCluster, worker: ManagedProcess, tasks: Int, submitters: Int, plan: PipelinePlan) async throws -> (perSecond: Double, failed: Int) {
+    static func drain(cluster: BenchCluster, worker: ChildProcess, tasks: Int, submitters: Int, plan: PipelinePlan) async throws -> (perSecond: Double, failed: Int) {
         let cursor = try await cluster.store.lastRunEventID()
         kill(worker.pid, SIGSTOP)
         do {

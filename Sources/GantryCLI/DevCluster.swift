@@ -22,7 +22,7 @@ final class DevCluster: Sendable {
 
     /// Where logs and server data go.
     let stateDirectory: String
-    private let processes = Mutex<[(DevProcess, Role)]>([])
+    private let processes = Mutex<[(ChildProcess, Role)]>([])
     private let reported = Mutex<Set<Int32>>([])
 
     init(stateDirectory: String) throws {
@@ -33,13 +33,13 @@ final class DevCluster: Sendable {
     var logDirectory: String { stateDirectory + "/logs" }
 
     /// Every process started, in start order.
-    var started: [DevProcess] { processes.withLock { $0.map(\.0) } }
+    var started: [ChildProcess] { processes.withLock { $0.map(\.0) } }
 
     /// Starts a process and remembers it for ``stop()``; its log is `logs/<name>.log`, truncated.
-    func start(_ name: String, role: Role, executable: String, arguments: [String], environment: [String: String]) throws -> DevProcess {
+    func start(_ name: String, role: Role, executable: String, arguments: [String], environment: [String: String]) throws -> ChildProcess {
         let log = "\(logDirectory)/\(name).log"
         _ = FileManager.default.createFile(atPath: log, contents: nil)
-        let process = try DevProcess.spawn(name: name, executable: executable, arguments: arguments, environment: environment, logPath: log)
+        let process = try ChildProcess.spawn(name: name, executable: executable, arguments: arguments, environment: environment, logPath: log, newProcessGroup: true)
         processes.withLock { $0.append((process, role)) }
         return process
     }
@@ -52,7 +52,7 @@ final class DevCluster: Sendable {
     }
 
     /// Processes that ended by themselves since the last call (each reported once).
-    func newlyExited() -> [DevProcess] {
+    func newlyExited() -> [ChildProcess] {
         let gone = started.filter { !$0.isRunning }
         return reported.withLock { seen in gone.filter { seen.insert($0.pid).inserted } }
     }

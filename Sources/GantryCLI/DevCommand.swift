@@ -236,7 +236,7 @@ struct DevSession: Sendable {
         if GantrySettings.defaults["observability.port_file"] != nil { coordinatorEnvironment["GANTRY_OBSERVABILITY_PORT_FILE"] = addressFile }
         let coordinator = try cluster.start("coordinator", role: .service, executable: binaries.coordinator, arguments: arguments, environment: coordinatorEnvironment)
         lines.append(["coordinator", "pid \(coordinator.pid)", coordinator.logPath])
-        var workerProcesses: [DevProcess] = []
+        var workerProcesses: [ChildProcess] = []
         for index in 1...workers {
             let worker = try cluster.start("worker-\(index)", role: .service, executable: binaries.worker, arguments: arguments, environment: childEnvironment)
             workerProcesses.append(worker)
@@ -377,7 +377,7 @@ struct DevSession: Sendable {
 
     /// Polls `condition` every 200 ms until it holds; throws when `timeout` passes, when
     /// `process` (or any process of the cluster) stops, or when the session is cancelled.
-    private func waitUntil(_ what: String, timeout: Duration, process: DevProcess?, _ condition: () async -> Bool) async throws {
+    private func waitUntil(_ what: String, timeout: Duration, process: ChildProcess?, _ condition: () async -> Bool) async throws {
         let deadline = ContinuousClock.now + timeout
         while true {
             if await condition() { return }

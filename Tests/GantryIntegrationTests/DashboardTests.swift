@@ -44,7 +44,7 @@ struct DashboardTests {
               - { name: broken, task: always-broken, after: [report], retry: 1 }
               - { name: never, task: echo, after: [broken] }
             """, input: "one\ntwo\nthree\n", registry: registry)
-        let (status, dom, overview) = try await withObservedServices([server, worker, cluster.coordinator()]) {
+        let (status, dom, overview) = try await withWorkerServices([server, worker, cluster.coordinator()]) {
             _ = try await cluster.waitForEnd(run)
             let address = try await server.waitUntilListening()
             return (
@@ -92,7 +92,7 @@ struct DashboardTests {
               - { name: second, task: echo, after: [first], queue: \(parked) }
             """, input: "hello")
         let late = try cluster.worker(queues: [parked])
-        let dom = try await withObservedServices([server, try cluster.worker(queues: [queue]), cluster.coordinator()]) {
+        let dom = try await withWorkerServices([server, try cluster.worker(queues: [queue]), cluster.coordinator()]) {
             // No worker consumes the parked queue yet: the run waits with `second` queued.
             try await redisWaitUntil("the second stage to be queued") {
                 try await cluster.store.status(run).stages.last?.state == .queued
@@ -102,7 +102,7 @@ struct DashboardTests {
             // only after the stream has ended (the run ended) and the page has applied it.
             let browser = try Chromium.start("http://\(address)/runs/\(run)", ["--virtual-time-budget=3000", "--dump-dom"])
             try await redisWaitUntil("the page to open its event stream", timeout: .seconds(30)) { seen.contains("/runs/\(run)/stream") }
-            return try await withObservedServices([late]) {
+            return try await withWorkerServices([late]) {
                 _ = try await cluster.waitForEnd(run)
                 return try await browser.finish()
             }

@@ -70,26 +70,6 @@ struct ObservedCluster {
     }
 }
 
-/// Runs `services` in a ServiceGroup while `body` runs, then shuts the group down gracefully.
-func withObservedServices<T: Sendable>(_ services: [any Service], _ body: () async throws -> T) async throws -> T {
-    var logger = Logger(label: "test")
-    logger.logLevel = .warning
-    let group = ServiceGroup(services: services, logger: logger)
-    return try await withThrowingTaskGroup(of: Void.self) { tasks in
-        tasks.addTask { try await group.run() }
-        do {
-            let result = try await body()
-            await group.triggerGracefulShutdown()
-            try await tasks.waitForAll()
-            return result
-        } catch {
-            await group.triggerGracefulShutdown()
-            try? await tasks.waitForAll()
-            throw error
-        }
-    }
-}
-
 /// The tasks of a pipeline's test: a task that fails once and then succeeds, and one that always fails.
 private func flakyRegistry() -> TaskRegistry {
     var registry = BuiltinTasks.registry
@@ -120,7 +100,7 @@ private func flakyRegistry() -> TaskRegistry {
               - { name: broken, task: always-broken, after: [lines], retry: 1, on_failure: continue }
               - { name: report, task: report, after: [hash, flaky] }
             """, input: "a\nb\nc\nd\n", registry: registry)
-        let (state, address, health, ready, metrics) = try await withObservedServices([server, worker, cluster.coordinator()]) {
+        let (state, address, health, ready, metrics) = try await withWorkerServices([server, worker, cluster.coordinator()]) {
             let state = try await cluster.waitForEnd(run)
             let address = try await server.waitUntilListening()
             return (state, address, try await httpGet("http://\(address)/healthz"), try await httpGet("http://\(address)/readyz"), try await httpGet("http://\(address)/metrics"))
@@ -171,7 +151,7 @@ private func flakyRegistry() -> TaskRegistry {
     @Test func aPortInUseIsAClearErrorNamingTheSetting() async throws {
         let cluster = try ObservedCluster()
         let first = try cluster.server(readinessQueue: "default", dashboard: false)
-        try await withObservedServices([first]) {
+        try await withWorkerServices([first]) {
             let taken = try await first.waitUntilListening()
             var settings = GantrySettings()
             settings.set("observability.coordinator_listen", .string(taken.description), source: "--test")
@@ -189,7 +169,7 @@ private func flakyRegistry() -> TaskRegistry {
                 configuration: ObservabilityConfiguration(listen: taken, fallbackToAnyPort: true),
                 readiness: { ReadinessReport(checks: []) }, logger: Logger(label: "test")
             )
-            try await withObservedServices([standby]) {
+            try await withWorkerServices([standby]) {
                 let address = try await standby.waitUntilListening()
                 #expect(address.port != taken.port && address.port > 0)
                 #expect(try await httpGet("http://\(address)/healthz").status == 200)
@@ -266,7 +246,7 @@ final class CapturedLogs: Sendable {
             configuration: configuration, registry: registry, store: cluster.store, transport: cluster.transport, dispatcher: cluster.dispatcher,
             logger: logs.logger("gantry.worker")
         )
-        let state = try await withObservedServices([worker, cluster.coordinator()]) { try await cluster.waitForEnd(run) }
+        let state = try await withWorkerServices([worker, cluster.coordinator()]) { try await cluster.waitForEnd(run) }
         #expect(state == .succeeded)
         let taskLines = logs.all.filter { $0.metadata["run"] != nil }
         let retry = try #require(taskLines.first { $0.message.contains("will retry") })

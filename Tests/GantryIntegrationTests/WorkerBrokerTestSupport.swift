@@ -137,7 +137,8 @@ struct BrokerCluster: Sendable {
     }
 }
 
-/// Runs `services` in a ServiceGroup while `body` runs, then shuts the group down gracefully.
+/// Runs `services` in a ServiceGroup while `body` runs, then shuts the group down gracefully
+/// (every integration suite that runs workers, coordinators or servers in-process uses it).
 func withWorkerServices<T: Sendable>(_ services: [any Service], _ body: () async throws -> T) async throws -> T {
     var logger = Logger(label: "test")
     logger.logLevel = .warning
