@@ -61,12 +61,7 @@ struct ObservedCluster {
     }
 
     func waitForEnd(_ run: RunID, timeout: Duration = .seconds(30)) async throws -> RunState {
-        var state: RunState?
-        try await redisWaitUntil("run \(run) to finish", timeout: timeout) {
-            state = try await store.runState(run)
-            return state?.isFinal == true
-        }
-        return state!
+        try await waitForRunEnd(run, in: store, timeout: timeout)
     }
 }
 

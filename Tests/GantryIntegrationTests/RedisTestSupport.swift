@@ -1,6 +1,7 @@
 import Foundation
 import GantryCore
 import GantryRedis
+import GantryStore
 import Synchronization
 
 #if canImport(Glibc)
@@ -67,6 +68,38 @@ func redisFreePort() throws -> Int {
     return Int(UInt16(bigEndian: address.sin_port))
 }
 
+/// Starts `process` from a fresh thread whose signal mask is empty.
+///
+/// Threads of the cooperative pool (and Dispatch) block nearly every signal, and a child
+/// spawned by Foundation inherits the spawning thread's mask: a server or worker would
+/// then never see our SIGTERM.
+func launchWithSignalsUnblocked(_ process: Process) async throws {
+    try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+        let thread = Thread {
+            var none = sigset_t()
+            sigemptyset(&none)
+            pthread_sigmask(SIG_SETMASK, &none, nil)
+            do {
+                try process.run()
+                continuation.resume()
+            } catch {
+                continuation.resume(throwing: error)
+            }
+        }
+        thread.start()
+    }
+}
+
+/// Waits until `run` has ended and returns its final state.
+func waitForRunEnd(_ run: RunID, in store: RedisStateStore, timeout: Duration = .seconds(30)) async throws -> RunState {
+    var state: RunState?
+    try await redisWaitUntil("run \(run) to finish", timeout: timeout) {
+        state = try await store.runState(run)
+        return state?.isFinal == true
+    }
+    return state!
+}
+
 /// A private `redis-server` for tests that stop, restart or reconfigure Redis: the shared
 /// server on 6390 is used by other tests at the same time and must never be disturbed.
 actor RedisTestServer {
@@ -100,7 +133,7 @@ actor RedisTestServer {
         ] + extraArguments
         process.standardOutput = FileHandle.nullDevice
         process.standardError = FileHandle.nullDevice
-        try await Self.launchWithSignalsUnblocked(process)
+        try await launchWithSignalsUnblocked(process)
         self.process = process
 
         // A probe with a short backoff: the server may still be binding or loading its AOF.
@@ -137,28 +170,6 @@ actor RedisTestServer {
     func destroy() async {
         try? await stop()
         try? FileManager.default.removeItem(at: directory)
-    }
-
-    /// Starts `process` from a fresh thread whose signal mask is empty.
-    ///
-    /// Threads of the cooperative pool (and Dispatch) block nearly every signal, and a child
-    /// spawned by Foundation inherits the spawning thread's mask: redis-server would then
-    /// never see our SIGTERM.
-    private static func launchWithSignalsUnblocked(_ process: Process) async throws {
-        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
-            let thread = Thread {
-                var none = sigset_t()
-                sigemptyset(&none)
-                pthread_sigmask(SIG_SETMASK, &none, nil)
-                do {
-                    try process.run()
-                    continuation.resume()
-                } catch {
-                    continuation.resume(throwing: error)
-                }
-            }
-            thread.start()
-        }
     }
 
     private static func redisServerPath() -> String {

@@ -89,12 +89,7 @@ struct BrokerCluster: Sendable {
     }
 
     func waitForEnd(_ run: RunID, timeout: Duration = .seconds(30)) async throws -> RunState {
-        var state: RunState?
-        try await redisWaitUntil("run \(run) to finish", timeout: timeout) {
-            state = try await store.runState(run)
-            return state?.isFinal == true
-        }
-        return state!
+        try await waitForRunEnd(run, in: store, timeout: timeout)
     }
 
     /// Waits until `run`'s first stage is running and returns its lease owner.
@@ -187,20 +182,7 @@ final class SpawnedWorker: @unchecked Sendable {
         process.standardError = try FileHandle(forWritingTo: logFile)
         process.standardOutput = FileHandle.nullDevice
         process.standardInput = FileHandle.nullDevice
-        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
-            let thread = Thread {
-                var none = sigset_t()
-                sigemptyset(&none)
-                pthread_sigmask(SIG_SETMASK, &none, nil)
-                do {
-                    try process.run()
-                    continuation.resume()
-                } catch {
-                    continuation.resume(throwing: error)
-                }
-            }
-            thread.start()
-        }
+        try await launchWithSignalsUnblocked(process)
         return SpawnedWorker(process: process, logFile: logFile)
     }
 
