@@ -228,7 +228,7 @@ let package = Package(
         .testTarget(
             name: "GantryIntegrationTests",
             dependencies: ["GantryCore", "GantryRedis", "GantryStore", "GantryKafka", "GantryAMQP", "GantryWorker", "GantryCoordinator", "GantryPoolTestChild", "GantryObservability", "GantryDashboard",
-                "GantryTasks", .product(name: "Hummingbird", package: "hummingbird")],
+                "GantryTasks", "GantryRuntime", .product(name: "Hummingbird", package: "hummingbird")],
             swiftSettings: swiftSettings
         ),
     ]

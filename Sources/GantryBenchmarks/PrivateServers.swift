@@ -20,7 +20,7 @@ final class PrivateRedis: Sendable {
 
     init(directory: URL) throws {
         self.directory = directory
-        port = try freePorts(1)[0]
+        port = try TCPProbe.freeLoopbackPort()
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
     }
 
@@ -75,7 +75,7 @@ final class PrivateRabbitMQ: Sendable {
 
     init(directory: URL, tag: String) throws {
         self.directory = directory
-        let ports = try freePorts(2)
+        let ports = try TCPProbe.freeLoopbackPorts(2)
         port = ports[0]
         distributionPort = ports[1]
         nodeName = "gantry-chaos-\(tag)@localhost"
@@ -175,30 +175,4 @@ final class LockedBox<Value: Sendable>: Sendable {
         get { storage.withLock { $0 } }
         set { storage.withLock { $0 = newValue } }
     }
-}
-
-/// `count` distinct TCP ports nobody listens on right now, from the kernel's ephemeral range.
-func freePorts(_ count: Int) throws -> [Int] {
-    var sockets: [Int32] = []
-    defer { for fd in sockets { close(fd) } }
-    var ports: [Int] = []
-    for _ in 0..<count {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { throw GantryError(.configuration, "socket() failed: \(String(cString: strerror(errno)))") }
-        sockets.append(fd)
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        address.sin_port = 0
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let bound = withUnsafeMutablePointer(to: &address) { pointer in
-            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { raw in
-                bind(fd, raw, length) == 0 && getsockname(fd, raw, &length) == 0
-            }
-        }
-        guard bound else { throw GantryError(.configuration, "cannot find a free port: \(String(cString: strerror(errno)))") }
-        // Held open until all are chosen, so the kernel hands out distinct ports.
-        ports.append(Int(UInt16(bigEndian: address.sin_port)))
-    }
-    return ports
 }

@@ -337,11 +337,8 @@ struct DevSession: Sendable {
         // (who cannot write to the state directory).
         let server = try findExecutable("rabbitmq-server", preferred: ["/usr/lib/rabbitmq/bin/rabbitmq-server"], fix: "install it (ops/bootstrap, or apt-get install rabbitmq-server), or point broker.rabbitmq_url at a running RabbitMQ, or use --broker kafka")
         let epmd = try findExecutable("epmd", preferred: ["/usr/lib/erlang/bin/epmd"], fix: "install Erlang (it comes with rabbitmq-server)")
-        let amqpPort = try TCPProbe.freeLoopbackPort()
-        var distPort = try TCPProbe.freeLoopbackPort()
-        var epmdPort = try TCPProbe.freeLoopbackPort()
-        while distPort == amqpPort { distPort = try TCPProbe.freeLoopbackPort() }
-        while epmdPort == amqpPort || epmdPort == distPort { epmdPort = try TCPProbe.freeLoopbackPort() }
+        let ports = try TCPProbe.freeLoopbackPorts(3)
+        let (amqpPort, distPort, epmdPort) = (ports[0], ports[1], ports[2])
         let base = cluster.stateDirectory + "/rabbitmq"
         for directory in [base + "/mnesia", base + "/log"] {
             try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)

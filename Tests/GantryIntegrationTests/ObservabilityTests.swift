@@ -4,6 +4,7 @@ import GantryCoordinator
 import GantryDashboard
 import GantryObservability
 import GantryRedis
+import GantryRuntime
 import GantryStore
 import GantryTasks
 import GantryWorker
@@ -132,7 +133,7 @@ private func flakyRegistry() -> TaskRegistry {
     }
 
     @Test func readinessFailsWhenRedisIsUnreachable() async throws {
-        var redis = try RedisConfiguration(url: "redis://127.0.0.1:\(try redisFreePort())")
+        var redis = try RedisConfiguration(url: "redis://127.0.0.1:\(try TCPProbe.freeLoopbackPort())")
         redis.poolSize = 1
         let store = RedisStateStore(client: try RedisClient(configuration: redis))
         let probe = Readiness.probe([Readiness.redis(store), Readiness.broker(InMemoryTransport(), queue: "q")], timeout: .seconds(5))

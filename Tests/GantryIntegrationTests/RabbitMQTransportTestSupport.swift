@@ -1,6 +1,7 @@
 import Foundation
 import GantryAMQP
 import GantryCore
+import GantryRuntime
 import Synchronization
 import Testing
 
@@ -165,7 +166,7 @@ final class PrivateRabbitMQ: Sendable {
     private init(tls: Bool) throws {
         let id = UUID().uuidString.prefix(8).lowercased()
         nodeName = "gantry-test-\(id)@localhost"
-        let ports = try Self.freePorts(3)
+        let ports = try TCPProbe.freeLoopbackPorts(3)
         port = ports[0]
         distributionPort = ports[1]
         tlsPort = tls ? ports[2] : nil
@@ -371,31 +372,5 @@ final class PrivateRabbitMQ: Sendable {
             guard ContinuousClock.now < deadline else { return false }
             try? await Task.sleep(for: .milliseconds(100))
         }
-    }
-
-    /// `count` distinct TCP ports nobody listens on right now, from the kernel's ephemeral range.
-    private static func freePorts(_ count: Int) throws -> [Int] {
-        var sockets: [Int32] = []
-        defer { for fd in sockets { close(fd) } }
-        var ports: [Int] = []
-        for _ in 0..<count {
-            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-            guard fd >= 0 else { throw GantryError(.configuration, "socket() failed: \(String(cString: strerror(errno)))") }
-            sockets.append(fd)
-            var address = sockaddr_in()
-            address.sin_family = sa_family_t(AF_INET)
-            address.sin_addr.s_addr = inet_addr("127.0.0.1")
-            address.sin_port = 0
-            var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-            let bound = withUnsafeMutablePointer(to: &address) { pointer in
-                pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { raw in
-                    bind(fd, raw, length) == 0 && getsockname(fd, raw, &length) == 0
-                }
-            }
-            guard bound else { throw GantryError(.configuration, "cannot find a free port: \(String(cString: strerror(errno)))") }
-            // Held open until all are chosen, so the kernel hands out distinct ports.
-            ports.append(Int(UInt16(bigEndian: address.sin_port)))
-        }
-        return ports
     }
 }

@@ -1,6 +1,7 @@
 import Foundation
 import GantryCore
 import GantryRedis
+import GantryRuntime
 import Testing
 
 /// Integration tests of ``RedisClient`` against the shared Redis of `ops/stack up redis`
@@ -299,7 +300,7 @@ struct RedisClientTests {
 
     @Test("a server that is not running gives a retriable .connectionFailed naming the address")
     func serverDown() async throws {
-        let port = try redisFreePort()
+        let port = try TCPProbe.freeLoopbackPort()
         var configuration = try RedisConfiguration(url: "redis://127.0.0.1:\(port)")
         configuration.connectTimeout = .seconds(1)
         let client = try RedisClient(configuration: configuration)

@@ -1,6 +1,7 @@
 import Foundation
 import GantryCore
 import GantryRedis
+import GantryRuntime
 import GantryStore
 import Synchronization
 
@@ -49,25 +50,6 @@ func redisWaitUntil(
     }
 }
 
-/// A TCP port on 127.0.0.1 that nothing listens on right now.
-func redisFreePort() throws -> Int {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    guard fd >= 0 else { throw GantryError(.connectionFailed, "socket() failed: errno \(errno)") }
-    defer { close(fd) }
-    var address = sockaddr_in()
-    address.sin_family = sa_family_t(AF_INET)
-    address.sin_port = 0
-    address.sin_addr.s_addr = inet_addr("127.0.0.1")
-    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-    let bound = withUnsafeMutablePointer(to: &address) { pointer in
-        pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { generic in
-            bind(fd, generic, length) == 0 && getsockname(fd, generic, &length) == 0
-        }
-    }
-    guard bound else { throw GantryError(.connectionFailed, "cannot bind a free port: errno \(errno)") }
-    return Int(UInt16(bigEndian: address.sin_port))
-}
-
 /// Starts `process` from a fresh thread whose signal mask is empty.
 ///
 /// Threads of the cooperative pool (and Dispatch) block nearly every signal, and a child
@@ -111,7 +93,7 @@ actor RedisTestServer {
     private var process: Process?
 
     init(extraArguments: [String] = []) throws {
-        port = try redisFreePort()
+        port = try TCPProbe.freeLoopbackPort()
         directory = FileManager.default.temporaryDirectory.appendingPathComponent("gantry-redis-test-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         self.extraArguments = extraArguments
