@@ -353,9 +353,6 @@ public final class RedisStateStore: Sendable {
     /// Runs one batch of coalesced claims: one ``claim(_:owner:lease:now:)`` per owner and lease.
     private func claimJobs(_ jobs: [ClaimJob]) async throws -> [ClaimOutcome] {
         let now = currentMilliseconds()
-        if jobs.allSatisfy({ $0.owner == jobs[0].owner && $0.lease == jobs[0].lease }) {
-            return try await claim(jobs.map(\.request), owner: jobs[0].owner, lease: jobs[0].lease, now: now)
-        }
         var outcomes = [ClaimOutcome?](repeating: nil, count: jobs.count)
         for group in Dictionary(grouping: jobs.indices, by: { GroupKey(owner: jobs[$0].owner, lease: jobs[$0].lease) }) {
             let results = try await claim(group.value.map { jobs[$0].request }, owner: group.key.owner, lease: group.key.lease, now: now)
@@ -367,9 +364,6 @@ public final class RedisStateStore: Sendable {
     /// Runs one batch of coalesced commits: one ``commit(_:owner:now:)`` per owner.
     private func commitJobs(_ jobs: [CommitJob]) async throws -> [CommitOutcome] {
         let now = currentMilliseconds()
-        if jobs.allSatisfy({ $0.owner == jobs[0].owner }) {
-            return try await commit(jobs.map(\.request), owner: jobs[0].owner, now: now)
-        }
         var outcomes = [CommitOutcome?](repeating: nil, count: jobs.count)
         for group in Dictionary(grouping: jobs.indices, by: { jobs[$0].owner }) {
             let results = try await commit(group.value.map { jobs[$0].request }, owner: group.key, now: now)

@@ -230,18 +230,11 @@ enum StoreScripts {
         return out
         """)
 
-    /// Takes the lease on a queued node. Returns `{'ok', epoch, attempt}`, or `{'stale', epoch}`
+    /// Takes the leases on queued nodes, possibly of many runs, in one call: `KEYS[i]` is the run
+    /// of item `i`. Returns one reply per item: `{'ok', epoch, attempt}`, or `{'stale', epoch}`
     /// (a newer attempt exists), `{'busy'}` (leased, possibly by a worker that died: the
     /// coordinator's wake re-queues it once the lease expires), `{'done'}`, `{'cancelled'}`,
     /// `{'gone'}` (no such run) or `{'early'}` (not queued yet).
-    ///
-    /// ARGV: node, epoch, owner, now, lease ms.
-    static let claim = RedisScript(name: "claim", source: claimFunction + """
-        return claim_node(ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]))
-        """)
-
-    /// ``claim`` for many nodes, possibly of many runs, in one call: `KEYS[i]` is the run of item
-    /// `i`. Returns one ``claim`` reply per item.
     ///
     /// ARGV: owner, now, lease ms, then per item: node, epoch.
     static let claimBatch = RedisScript(name: "claim_batch", source: claimFunction + """
@@ -309,17 +302,11 @@ enum StoreScripts {
         return 'ok'
         """)
 
-    /// Commits a result if the caller holds the current epoch, marks the node done and queues
-    /// every node that became ready. Returns `{'ok', run_state, node, epoch, attempt, …}` or
-    /// `{'stale'}`; `run_state` is `''` unless this commit finished the run.
-    ///
-    /// ARGV: node, epoch, owner, now, result, result ttl ms, visibility ms.
-    static let commit = RedisScript(name: "commit", source: commitFunction + """
-        return commit_node(ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4]), ARGV[5], ARGV[6], tonumber(ARGV[7]))
-        """)
-
-    /// ``commit`` for many nodes, possibly of many runs, in one call: `KEYS[i]` is the run of
-    /// item `i`. Returns one ``commit`` reply per item.
+    /// Commits results, possibly of many runs, in one call: `KEYS[i]` is the run of item `i`.
+    /// Each result is written only if the caller holds the node's current epoch; the node is
+    /// marked done and every node that became ready is queued. Returns one reply per item:
+    /// `{'ok', run_state, node, epoch, attempt, …}` or `{'stale'}`; `run_state` is `''` unless
+    /// that commit finished the run.
     ///
     /// ARGV: owner, now, result ttl ms, visibility ms, then per item: node, epoch, result.
     static let commitBatch = RedisScript(name: "commit_batch", source: commitFunction + """
@@ -470,5 +457,5 @@ enum StoreScripts {
         """)
 
     /// Every script, for loading them all at start-up.
-    static let all: [RedisScript] = [createRun, claim, claimBatch, renew, release, commit, commitBatch, fail, cancel, wake]
+    static let all: [RedisScript] = [createRun, claimBatch, renew, release, commitBatch, fail, cancel, wake]
 }
