@@ -160,8 +160,15 @@ private struct Fleet {
             #expect(try await httpGet("http://\(address)/healthz").status == 200)
             #expect(try await httpGet("http://\(address)/readyz").status == 200)
         }
-        // Workers report where their metrics are in their heartbeat (`gantry workers`, the dashboard).
-        let heartbeats = Set(try await store.workers().compactMap { $0.fields["metrics"] })
-        #expect(heartbeats == Set(addresses.filter { $0.key.hasPrefix("worker-") }.values))
+        // Workers report where their metrics are in their heartbeat (`gantry workers`, the
+        // dashboard). A heartbeat is refreshed periodically, so on a loaded machine one may be
+        // between refreshes: wait for all four, with a deadline.
+        let workerAddresses = Set(addresses.filter { $0.key.hasPrefix("worker-") }.values)
+        var heartbeats: Set<String> = []
+        try? await redisWaitUntil("every worker's heartbeat", timeout: .seconds(15)) {
+            heartbeats = Set(try await store.workers().compactMap { $0.fields["metrics"] })
+            return heartbeats == workerAddresses
+        }
+        #expect(heartbeats == workerAddresses)
     }
 }
