@@ -52,6 +52,7 @@ struct StoreBenchmark: AsyncParsableCommand {
 
         // One claim and one commit per round trip, `connections` callers at once.
         let singleNodes = try await makeNodes(singlePairs)
+        let singleCPU = try await serverCPUSeconds(client)
         let single = try await measure(count: singleNodes.count) {
             try await withThrowingTaskGroup(of: Void.self) { group in
                 let slice = (singleNodes.count + connections - 1) / connections
@@ -70,8 +71,11 @@ struct StoreBenchmark: AsyncParsableCommand {
             }
         }
 
+        let singleServer = try await serverCPUSeconds(client) - singleCPU
+
         // Claims then commits in batches of `batch` per round trip, `connections` batches at once.
         let pipelinedNodes = try await makeNodes(pairs)
+        let pipelinedCPU = try await serverCPUSeconds(client)
         let pipelined = try await measure(count: pipelinedNodes.count) {
             try await withThrowingTaskGroup(of: Void.self) { group in
                 var start = 0
@@ -100,6 +104,12 @@ struct StoreBenchmark: AsyncParsableCommand {
             }
         }
 
+        let pipelinedServer = try await serverCPUSeconds(client) - pipelinedCPU
+        // Redis CPU time (main thread) per pair: what the server spends, however busy the machine is
+        // (on a server other clients use too, their commands count as well).
+        let singleMicros = singleNodes.isEmpty ? 0 : singleServer * 1e6 / Double(singleNodes.count)
+        let pipelinedMicros = pipelinedNodes.isEmpty ? 0 : pipelinedServer * 1e6 / Double(pipelinedNodes.count)
+
         let reference: Double? = referenceRequests > 0 ? try redisBenchmarkSetRate(configuration: redisConfiguration, requests: referenceRequests) : nil
         let report: [String: JSONValue] = [
             "scenario": .string("store"),
@@ -110,13 +120,16 @@ struct StoreBenchmark: AsyncParsableCommand {
             "single_pairs_per_s": .int(Int64(single)),
             "pipelined_pairs": .int(Int64(pairs)),
             "pipelined_pairs_per_s": .int(Int64(pipelined)),
+            "single_server_cpu_us_per_pair": .double((singleMicros * 10).rounded() / 10),
+            "pipelined_server_cpu_us_per_pair": .double((pipelinedMicros * 10).rounded() / 10),
             "redis_benchmark_P16_set_per_s": reference.map { .int(Int64($0)) } ?? .null,
             "pipelined_ratio_to_set": reference.map { .double((pipelined / $0 * 1000).rounded() / 1000) } ?? .null,
         ]
         print(JSONValue.object(report).jsonString)
         print("""
             store claim+commit pairs/s: one at a time \(Int(single)), pipelined \(Int(pipelined)) \
-            | redis-benchmark -P 16 SET \(reference.map { "\(Int($0))/s" } ?? "skipped") | pipelined ratio \(reference.map { String(format: "%.3f", pipelined / $0) } ?? "n/a") (target ≥ 0.10)
+            | redis-benchmark -P 16 SET \(reference.map { "\(Int($0))/s" } ?? "skipped") | pipelined ratio \(reference.map { String(format: "%.3f", pipelined / $0) } ?? "n/a") (target ≥ 0.10) \
+            | Redis CPU per pair: one at a time \(String(format: "%.1f", singleMicros)) µs, pipelined \(String(format: "%.1f", pipelinedMicros)) µs
             """)
         // Hundreds of thousands of throwaway runs: gone now rather than when their results expire.
         _ = try? await store.removeNamespace()
@@ -131,6 +144,18 @@ func measure(count: Int, _ body: () async throws -> Void) async throws -> Double
     try await body()
     let elapsed = (clock.now - start).seconds
     return Double(count) / max(elapsed, 1e-9)
+}
+
+/// The CPU time Redis's main thread has used so far (user + system), from `INFO cpu`.
+func serverCPUSeconds(_ client: RedisClient) async throws -> Double {
+    let text = try await client.send("INFO", "cpu").string ?? ""
+    var total = 0.0
+    for line in text.split(whereSeparator: \.isNewline) {
+        let parts = line.split(separator: ":", maxSplits: 1)
+        guard parts.count == 2, parts[0] == "used_cpu_user_main_thread" || parts[0] == "used_cpu_sys_main_thread", let value = Double(parts[1]) else { continue }
+        total += value
+    }
+    return total
 }
 
 /// `redis-benchmark -P 16 -t set` against the same server; returns SET requests per second.

@@ -54,9 +54,17 @@ enum DashboardAssets {
           const live = document.getElementById('live');
           let lastEvent = page.dataset.lastEvent || '0';
           function text(el, value) { if (el) el.textContent = value; }
+          // Event ids: `ms-seq` (a stream entry), or `ms-seq.i` for event i of an entry holding
+          // several, which comes before the entry's last event (the plain `ms-seq`).
+          function position(id) {
+            const [ms, rest] = id.split('-');
+            const [seq, sub] = (rest || '0').split('.');
+            return [Number(ms), Number(seq), sub === undefined ? Infinity : Number(sub)];
+          }
           function newer(a, b) {
-            const [am, as] = a.split('-').map(Number), [bm, bs] = b.split('-').map(Number);
-            return am > bm || (am === bm && (as || 0) > (bs || 0));
+            const x = position(a), y = position(b);
+            for (let i = 0; i < 3; i++) if (x[i] !== y[i]) return x[i] > y[i];
+            return false;
           }
           function apply(v) {
             const state = document.getElementById('run-state');

@@ -95,8 +95,9 @@ extension RedisStateStore {
             var commands = RedisPipeline(reservingCapacity: slice.count * 4)
             for (run, node) in slice {
                 commands.append(["HMGET", .string(runKey(run)), "s", "stale"])
-                commands.append(["HMGET", .string(nodeKey(run, node.description)), "s", "dl", "err"])
-                commands.append(["EXISTS", .string(resultKey(run, node.description))])
+                let name = node.description
+                commands.append(["HMGET", .string(nodesKey(run)), .string(name), .string(nodeField(name, "dl")), .string(nodeField(name, "err"))])
+                commands.append(["HEXISTS", .string(resultsKey(run)), .string(name)])
                 commands.append(["XRANGE", .string(eventsKey(run)), "-", "+"])
             }
             let replies = try await client.pipeline(commands)
@@ -109,7 +110,7 @@ extension RedisStateStore {
                 audits.append(NodeAudit(
                     runID: run, node: node,
                     runState: runFields.first?.string.flatMap(RunState.init(rawValue:)),
-                    nodeState: nodeFields.first?.string.flatMap(NodeState.init(rawValue:)),
+                    nodeState: nodeFields.first?.string.flatMap { Self.recordFields($0)["s"] }.flatMap(NodeState.init(rawValue:)),
                     hasResult: (replies[offset * 4 + 2].int ?? 0) > 0,
                     commitsRecorded: commits,
                     staleRefused: runFields.count > 1 ? Int(runFields[1].string ?? "") ?? 0 : 0,

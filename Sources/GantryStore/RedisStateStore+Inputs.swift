@@ -8,8 +8,8 @@ extension RedisStateStore {
         guard !stages.isEmpty else { return [:] }
         var batch = RedisPipeline(reservingCapacity: stages.count * 2)
         for stage in stages {
-            batch.append(["GET", .string(resultKey(run, stage.rawValue))])
-            batch.append(["HGET", .string(nodeKey(run, stage.rawValue)), "N"])
+            batch.append(["HGET", .string(resultsKey(run)), .string(stage.rawValue)])
+            batch.append(["HGET", .string(nodesKey(run)), .string(nodeField(stage.rawValue, "N"))])
         }
         let replies = try await client.pipeline(batch)
         var results: [StageName: [UInt8]] = [:]

@@ -5,28 +5,32 @@ import GantryRedis
 extension RedisStateStore {
     /// A snapshot of `run`: its state, every stage and every element of mapped stages.
     ///
-    /// Reads in two round trips (the run hash, then every node hash), so it is consistent per
-    /// node but not across nodes: good for status displays, not for decisions.
+    /// Reads the run hash and its node hash in one round trip, so the snapshot is consistent.
     public func status(_ run: RunID) async throws -> RunStatus {
-        let runHash = try await hash(runKey(run))
+        var batch = RedisPipeline(reservingCapacity: 2)
+        batch.append(["HGETALL", .string(runKey(run))])
+        batch.append(["HGETALL", .string(nodesKey(run))])
+        let replies = try await client.pipeline(batch)
+        if let message = replies.lazy.compactMap(\.errorMessage).first {
+            throw GantryError(.commandFailed, "reading the status of run \(run) failed: \(message)")
+        }
+        let runHash = Self.fields(replies[0])
         guard let specText = runHash["spec"], let state = runHash["s"].flatMap(RunState.init(rawValue:)) else {
             throw GantryError(.notFound, "run \(run) does not exist (or has expired); `gantry status` lists recent runs")
         }
         let spec = try JSONDecoder().decode(PipelineSpec.self, from: Data(specText.utf8))
-        let stageHashes = try await hashes(spec.stages.map { nodeKey(run, $0.name.rawValue) })
+        let nodes = Self.nodeFields(replies[1])
         var stages: [NodeStatus] = []
-        var elementKeys: [(StageName, Int)] = []
-        for (stage, fields) in zip(spec.stages, stageHashes) {
+        var elements: [StageName: [NodeStatus]] = [:]
+        for stage in spec.stages {
+            let fields = nodes[stage.name.rawValue] ?? [:]
             stages.append(nodeStatus(NodeID(stage: stage.name), fields))
             if let count = fields["N"].flatMap(Int.init), count > 0 {
-                elementKeys += (0..<count).map { (stage.name, $0) }
-            }
-        }
-        var elements: [StageName: [NodeStatus]] = [:]
-        if !elementKeys.isEmpty {
-            let elementHashes = try await hashes(elementKeys.map { nodeKey(run, NodeID(stage: $0.0, index: $0.1).description) })
-            for ((stage, index), fields) in zip(elementKeys, elementHashes) where !fields.isEmpty {
-                elements[stage, default: []].append(nodeStatus(NodeID(stage: stage, index: index), fields))
+                for index in 0..<count {
+                    let node = NodeID(stage: stage.name, index: index)
+                    guard let fields = nodes[node.description], !fields.isEmpty else { continue }
+                    elements[stage.name, default: []].append(nodeStatus(node, fields))
+                }
             }
         }
         return RunStatus(
@@ -50,17 +54,34 @@ extension RedisStateStore {
         return try JSONDecoder().decode(PipelineSpec.self, from: Data(text.utf8))
     }
 
-    /// Events of `run` after the entry `after` (`"0"` for the beginning), at most `count`.
+    /// Events of `run` after the event `after` (`"0"` for the beginning), at most `count`.
     public func events(_ run: RunID, after: String = "0", count: Int = 1000) async throws -> [RunEvent] {
-        let reply = try await client.send("XRANGE", eventsKey(run), "(" + after, "+", "COUNT", String(count))
-        return Self.decodeEvents(reply)
+        let position = EventPosition(after)
+        let key = eventsKey(run)
+        var batch = RedisPipeline(reservingCapacity: 2)
+        // Resuming inside an entry: the rest of that entry first.
+        if position.seen != nil { batch.append(["XRANGE", .string(key), .string(position.entry), .string(position.entry)]) }
+        batch.append(["XRANGE", .string(key), .string("(" + position.entry), "+", "COUNT", .integer(max(1, count))])
+        let replies = try await client.pipeline(batch)
+        if let message = replies.lazy.compactMap(\.errorMessage).first {
+            throw GantryError(.commandFailed, "reading the events of run \(run) after '\(after)' failed: \(message)")
+        }
+        var events: [RunEvent] = []
+        if let seen = position.seen { events = Array(Self.decodeEvents(replies[0]).dropFirst(seen)) }
+        events += Self.decodeEvents(replies[replies.count - 1])
+        return Array(events.prefix(count))
     }
 
     /// Events of `run` after `after`, waiting up to `timeout` for the first one to arrive.
     public func waitForEvents(_ run: RunID, after: String, timeout: Duration, count: Int = 1000) async throws -> [RunEvent] {
-        let reply = try await client.send("XREAD", "COUNT", String(count), "BLOCK", String(max(1, timeout.milliseconds)), "STREAMS", eventsKey(run), after)
+        let position = EventPosition(after)
+        if position.seen != nil {
+            let rest = try await events(run, after: after, count: count)
+            if !rest.isEmpty { return rest }
+        }
+        let reply = try await client.send("XREAD", "COUNT", String(count), "BLOCK", String(max(1, timeout.milliseconds)), "STREAMS", eventsKey(run), position.entry)
         guard let streams = reply.array, let first = streams.first?.array, first.count == 2 else { return [] }
-        return Self.decodeEvents(first[1])
+        return Array(Self.decodeEvents(first[1]).prefix(count))
     }
 
     /// The count of stale commits the store refused for `run`.
@@ -70,15 +91,21 @@ extension RedisStateStore {
 
     // MARK: Helpers
 
-    private func hash(_ key: String) async throws -> [String: String] {
-        Self.fields(try await client.send("HGETALL", key))
-    }
-
-    private func hashes(_ keys: [String]) async throws -> [[String: String]] {
-        guard !keys.isEmpty else { return [] }
-        var batch = RedisPipeline(reservingCapacity: keys.count)
-        for key in keys { batch.append(["HGETALL", .string(key)]) }
-        return try await client.pipeline(batch).map(Self.fields)
+    /// The fields of a run's node hash (records `<node>` and fields `<node>.<field>`), by node.
+    static func nodeFields(_ reply: RedisValue) -> [String: [String: String]] {
+        guard let items = reply.array else { return [:] }
+        var nodes: [String: [String: String]] = [:]
+        var index = 0
+        while index + 1 < items.count {
+            defer { index += 2 }
+            guard let name = items[index].string, let value = items[index + 1].string else { continue }
+            if let dot = name.lastIndex(of: ".") {
+                nodes[String(name[..<dot]), default: [:]][String(name[name.index(after: dot)...])] = value
+            } else {
+                nodes[name, default: [:]].merge(recordFields(value)) { _, record in record }
+            }
+        }
+        return nodes
     }
 
     static func fields(_ reply: RedisValue) -> [String: String] {
@@ -92,14 +119,63 @@ extension RedisStateStore {
         return result
     }
 
+    /// Decodes stream entries into events. An entry holds one event or several (see
+    /// ``StoreScripts/base``): the fields before its first `n` belong to every event of the
+    /// entry, and each `n` starts an event whose own fields follow it. The last event of an
+    /// entry has the entry's id; an earlier one has `<entry id>.<index>`, so a reader can resume
+    /// inside an entry.
     static func decodeEvents(_ reply: RedisValue) -> [RunEvent] {
-        (reply.array ?? []).compactMap { entry in
-            guard let parts = entry.array, parts.count == 2, let id = parts[0].string else { return nil }
-            var fields = fields(parts[1])
-            let kind = fields.removeValue(forKey: "k") ?? ""
-            let node = fields.removeValue(forKey: "n") ?? ""
-            let time = fields.removeValue(forKey: "t").flatMap { UInt64($0) } ?? 0
-            return RunEvent(id: id, kind: kind, node: node, milliseconds: time, fields: fields)
+        var events: [RunEvent] = []
+        for entry in reply.array ?? [] {
+            guard let parts = entry.array, parts.count == 2, let id = parts[0].string, let items = parts[1].array else { continue }
+            var shared: [String: String] = [:]
+            var current: [String: String]?
+            var decoded: [[String: String]] = []
+            var index = 0
+            while index + 1 < items.count {
+                defer { index += 2 }
+                guard let key = items[index].string else { continue }
+                let value = items[index + 1].string ?? ""
+                if key == "n" {
+                    if let current { decoded.append(current) }
+                    current = shared
+                    current?["n"] = value
+                } else if current != nil {
+                    current?[key] = value
+                } else {
+                    shared[key] = value
+                }
+            }
+            if let current {
+                decoded.append(current)
+            } else if !shared.isEmpty {
+                decoded.append(shared)
+            }
+            for (position, var fields) in decoded.enumerated() {
+                let kind = fields.removeValue(forKey: "k") ?? ""
+                let node = fields.removeValue(forKey: "n") ?? ""
+                let time = fields.removeValue(forKey: "t").flatMap { UInt64($0) } ?? 0
+                let eventID = position == decoded.count - 1 ? id : "\(id).\(position)"
+                events.append(RunEvent(id: eventID, kind: kind, node: node, milliseconds: time, fields: fields))
+            }
+        }
+        return events
+    }
+
+    /// Where a reader is in a run's event stream: after the whole entry `entry`, or after the
+    /// first `seen` events of it (an event id `<entry id>.<index>`).
+    struct EventPosition {
+        var entry: String
+        var seen: Int?
+
+        init(_ id: String) {
+            if let dot = id.lastIndex(of: "."), let index = Int(id[id.index(after: dot)...]), index >= 0 {
+                entry = String(id[..<dot])
+                seen = index + 1
+            } else {
+                entry = id
+                seen = nil
+            }
         }
     }
 

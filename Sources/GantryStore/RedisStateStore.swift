@@ -13,7 +13,9 @@ import GantryRedis
 ///
 /// Claims and commits made one at a time by concurrent callers are gathered into batches (see
 /// ``Coalescer``): each batch is one round trip and one script call per owner, so a busy worker
-/// pays the script overhead once for many tasks.
+/// pays the script overhead once for many tasks. A batch's items are grouped by run, and the
+/// scripts do a run's work once per group: one read and one write of the run's node records,
+/// one timer-set update, one event-stream entry, one counter update.
 public final class RedisStateStore: Sendable {
     /// The Redis client the store talks through.
     public let client: RedisClient
@@ -57,8 +59,35 @@ public final class RedisStateStore: Sendable {
     // MARK: Keys
 
     func runKey(_ run: RunID) -> String { "\(configuration.namespace):{\(run.rawValue)}:run" }
-    func nodeKey(_ run: RunID, _ node: String) -> String { "\(configuration.namespace):{\(run.rawValue)}:n:\(node)" }
-    func resultKey(_ run: RunID, _ node: String) -> String { "\(configuration.namespace):{\(run.rawValue)}:r:\(node)" }
+    /// The hash of every node's fields: its record `<node>` and other fields `<node>.<field>`
+    /// (see ``StoreScripts``).
+    func nodesKey(_ run: RunID) -> String { "\(configuration.namespace):{\(run.rawValue)}:n" }
+    /// The name of `field` of `node` in ``nodesKey(_:)``, for a field outside the node's record.
+    func nodeField(_ node: String, _ field: String) -> String { "\(node).\(field)" }
+    /// The fields of a node's record, in order (see ``StoreScripts``).
+    static let recordFieldNames = ["s", "e", "a", "q", "l", "st", "fin", "sz", "out", "o"]
+
+    /// The fields of a node record, by name; unset ones are left out. The owner comes last, so
+    /// it may hold `|` itself.
+    static func recordFields(_ record: String) -> [String: String] {
+        var fields: [String: String] = [:]
+        var rest = Substring(record)
+        for (position, name) in recordFieldNames.enumerated() {
+            let value: Substring
+            if position == recordFieldNames.count - 1 {
+                value = rest
+            } else if let bar = rest.firstIndex(of: "|") {
+                value = rest[..<bar]
+                rest = rest[rest.index(after: bar)...]
+            } else {
+                return fields
+            }
+            if !value.isEmpty { fields[name] = String(value) }
+        }
+        return fields
+    }
+    /// The hash of the run's results: node → result bytes.
+    func resultsKey(_ run: RunID) -> String { "\(configuration.namespace):{\(run.rawValue)}:r" }
     func eventsKey(_ run: RunID) -> String { "\(configuration.namespace):{\(run.rawValue)}:ev" }
     func inputKey(_ run: RunID) -> String { "\(configuration.namespace):{\(run.rawValue)}:in" }
     var runsKey: String { "\(configuration.namespace):runs" }
@@ -199,9 +228,15 @@ public final class RedisStateStore: Sendable {
     ///
     /// Without `now`, the commit joins the next batch of concurrent commits (and is timed when
     /// the batch goes); with it, it goes alone at that time.
-    public func commit(_ run: RunID, _ node: NodeID, epoch: UInt64, owner: String, result: [UInt8], now: UInt64? = nil) async throws -> CommitOutcome {
+    ///
+    /// With `take`, up to `take.limit` of the nodes this commit makes ready whose stage is in
+    /// `take.stages` are leased to `owner` in the same script (``ReadyNode/leased``): the caller
+    /// runs them next without claiming them.
+    public func commit(
+        _ run: RunID, _ node: NodeID, epoch: UInt64, owner: String, result: [UInt8], take: ReadyLease? = nil, now: UInt64? = nil
+    ) async throws -> CommitOutcome {
         try checkResultSize(run, node, result)
-        let request = CommitRequest(runID: run, node: node, epoch: epoch, result: result)
+        let request = CommitRequest(runID: run, node: node, epoch: epoch, result: result, take: take)
         guard let now else {
             return try await commits.submit(CommitJob(request: request, owner: owner)) { try await self.commitJobs($0) }
         }
@@ -257,44 +292,67 @@ public final class RedisStateStore: Sendable {
         public var node: NodeID
         public var epoch: UInt64
         public var result: [UInt8]
-        public init(runID: RunID, node: NodeID, epoch: UInt64, result: [UInt8]) {
+        /// Ready nodes to lease to the committing owner in the same script, if any.
+        public var take: ReadyLease?
+        public init(runID: RunID, node: NodeID, epoch: UInt64, result: [UInt8], take: ReadyLease? = nil) {
             self.runID = runID
             self.node = node
             self.epoch = epoch
             self.result = result
+            self.take = take
+        }
+    }
+
+    /// Which of the nodes a commit makes ready its owner leases at once: at most `limit`, of
+    /// these stages, for `lease`.
+    public struct ReadyLease: Sendable, Hashable {
+        public var limit: Int
+        public var stages: [StageName]
+        public var lease: Duration
+        public init(limit: Int, stages: [StageName], lease: Duration) {
+            self.limit = limit
+            self.stages = stages
+            self.lease = lease
+        }
+
+        /// The script's text form: `limit|lease ms|stage,stage…`.
+        var argument: String {
+            "\(limit)|\(lease.milliseconds)|" + stages.map(\.rawValue).joined(separator: ",")
         }
     }
 
     /// Claims many nodes in one round trip.
     public func claim(_ requests: [ClaimRequest], owner: String, lease: Duration, now: UInt64 = currentMilliseconds()) async throws -> [ClaimOutcome] {
         guard !requests.isEmpty else { return [] }
+        let order = Self.groupedByRun(requests.map(\.runID))
         var batch = RedisPipeline(reservingCapacity: 1, bytesPerCommand: 64 * requests.count)
-        var chunks: [Range<Int>] = []
+        var chunks: [ArraySlice<Int>] = []
         var start = 0
-        while start < requests.count {
-            let chunk = start..<min(start + Self.itemsPerScript, requests.count)
+        while start < order.count {
+            let chunk = order[start..<min(start + Self.itemsPerScript, order.count)]
             var keys: [RedisArgument] = []
-            keys.reserveCapacity(chunk.count)
             var args: [RedisArgument] = [.string(owner), .integer(Int(now)), .integer(Int(lease.milliseconds))]
-            args.reserveCapacity(3 + 2 * chunk.count)
-            for request in requests[chunk] {
-                keys.append(.string(runKey(request.runID)))
-                args.append(.string(request.node.description))
-                args.append(.integer(Int(request.epoch)))
+            args.reserveCapacity(3 + 3 * chunk.count)
+            for group in Self.runGroups(chunk, { requests[$0].runID }) {
+                keys.append(.string(runKey(requests[group.first!].runID)))
+                args.append(.integer(group.count))
+                for index in group { args.append(.string(requests[index].node.description)) }
+                for index in group { args.append(.integer(Int(requests[index].epoch))) }
             }
             batch.evalsha(StoreScripts.claimBatch, keys: keys, args: args)
             chunks.append(chunk)
-            start = chunk.upperBound
+            start = chunk.endIndex
         }
         let replies = try await client.pipeline(batch)
-        var outcomes: [ClaimOutcome] = []
-        outcomes.reserveCapacity(requests.count)
+        var outcomes = [ClaimOutcome](repeating: .gone, count: requests.count)
         for (reply, chunk) in zip(replies, chunks) {
-            guard let items = reply.array, items.count == chunk.count else {
-                throw scriptError("claim_batch", requests[chunk.lowerBound].runID, requests[chunk.lowerBound].node, reply)
+            guard let items = reply.array, items.count == 3 * chunk.count else {
+                throw scriptError("claim_batch", requests[chunk.first!].runID, requests[chunk.first!].node, reply)
             }
-            for (item, index) in zip(items, chunk) {
-                outcomes.append(try claimOutcome(requests[index].runID, requests[index].node, item))
+            var position = 0
+            for index in chunk {
+                outcomes[index] = try claimOutcome(requests[index].runID, requests[index].node, code: items[position], epoch: items[position + 1], attempt: items[position + 2])
+                position += 3
             }
         }
         return outcomes
@@ -304,50 +362,97 @@ public final class RedisStateStore: Sendable {
     public func commit(_ requests: [CommitRequest], owner: String, now: UInt64 = currentMilliseconds()) async throws -> [CommitOutcome] {
         guard !requests.isEmpty else { return [] }
         for request in requests { try checkResultSize(request.runID, request.node, request.result) }
+        let order = Self.groupedByRun(requests.map(\.runID))
         var batch = RedisPipeline(reservingCapacity: 1, bytesPerCommand: requests.reduce(64 * requests.count) { $0 + $1.result.count })
-        var chunks: [Range<Int>] = []
+        var chunks: [ArraySlice<Int>] = []
         var start = 0
-        while start < requests.count {
+        while start < order.count {
             var end = start
             var bytes = 0
-            while end < requests.count, end - start < Self.itemsPerScript, end == start || bytes + requests[end].result.count <= Self.bytesPerScript {
-                bytes += requests[end].result.count
+            while end < order.count, end - start < Self.itemsPerScript, end == start || bytes + requests[order[end]].result.count <= Self.bytesPerScript {
+                bytes += requests[order[end]].result.count
                 end += 1
             }
-            let chunk = start..<end
+            let chunk = order[start..<end]
             var keys: [RedisArgument] = []
-            keys.reserveCapacity(chunk.count)
             var args: [RedisArgument] = [
                 .string(owner), .integer(Int(now)),
                 .integer(Int(configuration.resultTTL.milliseconds)), .integer(Int(configuration.queueVisibility.milliseconds)),
             ]
-            args.reserveCapacity(4 + 3 * chunk.count)
-            for request in requests[chunk] {
-                keys.append(.string(runKey(request.runID)))
-                args.append(.string(request.node.description))
-                args.append(.integer(Int(request.epoch)))
-                args.append(.bytes(request.result))
+            args.reserveCapacity(4 + 4 * chunk.count)
+            for group in Self.runGroups(chunk, { requests[$0].runID }) {
+                keys.append(.string(runKey(requests[group.first!].runID)))
+                args.append(.integer(group.count))
+                for index in group { args.append(.string(requests[index].node.description)) }
+                for index in group { args.append(.integer(Int(requests[index].epoch))) }
+                for index in group { args.append(.bytes(requests[index].result)) }
+                for index in group { args.append(.string(requests[index].take.map(\.argument) ?? "")) }
             }
             batch.evalsha(StoreScripts.commitBatch, keys: keys, args: args)
             chunks.append(chunk)
             start = end
         }
         let replies = try await client.pipeline(batch)
-        var outcomes: [CommitOutcome] = []
-        outcomes.reserveCapacity(requests.count)
+        var outcomes = [CommitOutcome](repeating: .stale, count: requests.count)
         var finished: [(RunID, RunState)] = []
         for (reply, chunk) in zip(replies, chunks) {
-            guard let items = reply.array, items.count == chunk.count else {
-                throw scriptError("commit_batch", requests[chunk.lowerBound].runID, requests[chunk.lowerBound].node, reply)
+            let first = requests[chunk.first!]
+            guard let items = reply.array else { throw scriptError("commit_batch", first.runID, first.node, reply) }
+            var position = 0
+            for index in chunk {
+                let request = requests[index]
+                guard position + 2 < items.count, let code = items[position].int, let count = items[position + 2].int,
+                      count >= 0, position + 3 + 3 * count <= items.count else {
+                    throw scriptError("commit_batch", first.runID, first.node, reply)
+                }
+                switch code {
+                case 1:
+                    let state = items[position + 1].string.flatMap(RunState.init(rawValue:))
+                    if let state { finished.append((request.runID, state)) }
+                    outcomes[index] = .committed(ready: readyNodes(request.runID, items[(position + 3)..<(position + 3 + 3 * count)]), runState: state)
+                case 0:
+                    outcomes[index] = .stale
+                default:
+                    throw scriptError("commit_batch", request.runID, request.node, reply)
+                }
+                position += 3 + 3 * count
             }
-            for (item, index) in zip(items, chunk) {
-                let outcome = try commitOutcome(requests[index].runID, requests[index].node, item)
-                if case .committed(_, let state?) = outcome { finished.append((requests[index].runID, state)) }
-                outcomes.append(outcome)
-            }
+            guard position == items.count else { throw scriptError("commit_batch", first.runID, first.node, reply) }
         }
         try await runsFinished(finished)
         return outcomes
+    }
+
+    /// The indices of `runs` with those of one run together: runs in the order they first
+    /// appear, each run's items in their order. The batch scripts then do per-run work once
+    /// per run rather than once per item.
+    static func groupedByRun(_ runs: [RunID]) -> [Int] {
+        guard let first = runs.first, runs.contains(where: { $0 != first }) else { return Array(runs.indices) }
+        var bucketOf: [RunID: Int] = [:]
+        var buckets: [[Int]] = []
+        for (index, run) in runs.enumerated() {
+            if let bucket = bucketOf[run] {
+                buckets[bucket].append(index)
+            } else {
+                bucketOf[run] = buckets.count
+                buckets.append([index])
+            }
+        }
+        return buckets.flatMap { $0 }
+    }
+
+    /// The runs of consecutive items of one run in `chunk` (a slice of ``groupedByRun(_:)``).
+    static func runGroups(_ chunk: ArraySlice<Int>, _ run: (Int) -> RunID) -> [ArraySlice<Int>] {
+        var groups: [ArraySlice<Int>] = []
+        var start = chunk.startIndex
+        while start < chunk.endIndex {
+            let current = run(chunk[start])
+            var end = start + 1
+            while end < chunk.endIndex, run(chunk[end]) == current { end += 1 }
+            groups.append(chunk[start..<end])
+            start = end
+        }
+        return groups
     }
 
     /// Runs one batch of coalesced claims: one ``claim(_:owner:lease:now:)`` per owner and lease.
@@ -381,14 +486,14 @@ public final class RedisStateStore: Sendable {
 
     /// The committed result of `node`, or nil if there is none (not finished, or expired).
     public func result(_ run: RunID, _ node: NodeID) async throws -> [UInt8]? {
-        let reply = try await client.send("GET", resultKey(run, node.description))
+        let reply = try await client.send("HGET", resultsKey(run), node.description)
         return reply.isNull ? nil : reply.bytes
     }
 
     /// The results of several nodes of one run, in one round trip; nil where there is none.
     public func results(_ run: RunID, _ nodes: [NodeID]) async throws -> [[UInt8]?] {
         guard !nodes.isEmpty else { return [] }
-        let reply = try await client.send(["MGET"] + nodes.map { .string(resultKey(run, $0.description)) })
+        let reply = try await client.send(["HMGET", .string(resultsKey(run))] + nodes.map { .string($0.description) })
         return (reply.array ?? []).map { $0.isNull ? nil : $0.bytes }
     }
 
@@ -447,41 +552,38 @@ public final class RedisStateStore: Sendable {
         }
     }
 
-    private func claimOutcome(_ run: RunID, _ node: NodeID, _ reply: RedisValue) throws -> ClaimOutcome {
-        guard let items = reply.array, let status = items.first?.string else { throw scriptError("claim", run, node, reply) }
-        switch status {
-        case "ok": return .claimed(epoch: UInt64(items[1].int ?? 0), attempt: UInt32(items[2].int ?? 1))
-        case "stale": return .stale(currentEpoch: UInt64(items[1].int ?? 0))
-        case "busy": return .busy
-        case "done": return .done
-        case "cancelled": return .cancelled
-        case "gone": return .gone
-        case "early": return .early
-        default: throw scriptError("claim", run, node, reply)
-        }
-    }
-
-    /// Decodes one commit reply; the caller records a run it finished (``runsFinished(_:)``).
-    private func commitOutcome(_ run: RunID, _ node: NodeID, _ reply: RedisValue) throws -> CommitOutcome {
-        guard let items = reply.array, let status = items.first?.string else { throw scriptError("commit", run, node, reply) }
-        switch status {
-        case "ok":
-            let state = RunState(rawValue: items.count > 1 ? items[1].string ?? "" : "")
-            return .committed(ready: readyNodes(run, items, from: 2), runState: state)
-        case "stale":
-            return .stale
-        default:
-            throw scriptError("commit", run, node, reply)
+    /// Decodes one item of a `claim_batch` reply: its code, epoch and attempt.
+    private func claimOutcome(_ run: RunID, _ node: NodeID, code: RedisValue, epoch: RedisValue, attempt: RedisValue) throws -> ClaimOutcome {
+        let epoch = UInt64(epoch.int ?? 0)
+        switch code.int {
+        case 1: return .claimed(epoch: epoch, attempt: UInt32(attempt.int ?? 1))
+        case 2: return .stale(currentEpoch: epoch)
+        case 3: return .busy
+        case 4: return .done
+        case 5: return .cancelled
+        case 6: return .gone
+        case 7: return .early
+        default: throw scriptError("claim_batch", run, node, .array([code, .integer(Int(epoch)), attempt]))
         }
     }
 
     /// Decodes the `node, epoch, attempt` triples a script returns after its status fields.
     private func readyNodes(_ run: RunID, _ items: [RedisValue], from start: Int) -> [ReadyNode] {
+        start < items.count ? readyNodes(run, items[start...]) : []
+    }
+
+    /// Decodes `node, epoch, attempt` triples.
+    private func readyNodes(_ run: RunID, _ items: ArraySlice<RedisValue>) -> [ReadyNode] {
         var nodes: [ReadyNode] = []
-        var index = start
-        while index + 2 < items.count {
+        nodes.reserveCapacity(items.count / 3)
+        var index = items.startIndex
+        while index + 2 < items.endIndex {
             if let text = items[index].string, let node = NodeID(text) {
-                nodes.append(ReadyNode(runID: run, node: node, epoch: UInt64(items[index + 1].int ?? 0), attempt: UInt32(items[index + 2].int ?? 1)))
+                // A negative attempt: the node is leased to the committing owner (commit_batch's take).
+                let attempt = items[index + 2].int ?? 1
+                nodes.append(ReadyNode(
+                    runID: run, node: node, epoch: UInt64(items[index + 1].int ?? 0), attempt: UInt32(clamping: abs(attempt)), leased: attempt < 0
+                ))
             }
             index += 3
         }

@@ -10,9 +10,78 @@ enum AdminScripts {
         local RUN = KEYS[1]
         local P = string.sub(RUN, 1, -4)
         local T = P .. 't'
+        local NODES = P .. 'n'
         local FINAL = { succeeded = true, failed = true, skipped = true, cancelled = true }
-        local function nkey(node) return P .. 'n:' .. node end
-        local function rkey(node) return P .. 'r:' .. node end
+        -- Node fields. Those of the record (field `<node>`) are read and written through it.
+        local RECF = { s = 1, e = 2, a = 3, q = 4, l = 5, st = 6, fin = 7, sz = 8, out = 9, o = 10 }
+        local RECP = '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|(.*)$'
+        local function record(node)
+          local v = redis.call('HGET', NODES, node)
+          if not v then return nil end
+          local r = { string.match(v, RECP) }
+          if #r ~= 10 then return nil end
+          return r
+        end
+        local function new_record() return { '', '0', '0', '', '', '', '', '', '', '' } end
+        -- `get(node, f)`: the field, or false when unset. `mget(node, f1, f2, …)`: a table of them.
+        local function mget(node, ...)
+          local names = { ... }
+          local out, other, at, r = {}, {}, {}, nil
+          for j = 1, #names do
+            local i = RECF[names[j]]
+            if i then
+              if r == nil then r = record(node) or false end
+              local x = r and r[i]
+              out[j] = (x and x ~= '') and x or false
+            else
+              other[#other + 1] = node .. '.' .. names[j]
+              at[#at + 1] = j
+            end
+          end
+          if #other > 0 then
+            local v = redis.call('HMGET', NODES, unpack(other))
+            for k = 1, #other do out[at[k]] = v[k] end
+          end
+          return out
+        end
+        local function get(node, f) return mget(node, f)[1] end
+        -- `set(node, f1, v1, f2, v2, …)`; `del(node, f1, f2, …)` unsets fields.
+        local function set(node, ...)
+          local args = { ... }
+          local hargs, n, r = {}, 0, nil
+          for j = 1, #args, 2 do
+            local i = RECF[args[j]]
+            if i then
+              if not r then r = record(node) or new_record() end
+              r[i] = args[j + 1]
+            else
+              hargs[n + 1] = node .. '.' .. args[j]
+              hargs[n + 2] = args[j + 1]
+              n = n + 2
+            end
+          end
+          if r then
+            hargs[n + 1] = node
+            hargs[n + 2] = table.concat(r, '|', 1, 10)
+            n = n + 2
+          end
+          redis.call('HSET', NODES, unpack(hargs, 1, n))
+        end
+        local function del(node, ...)
+          local names = { ... }
+          local other, r = {}, nil
+          for j = 1, #names do
+            local i = RECF[names[j]]
+            if i then
+              if r == nil then r = record(node) or false end
+              if r then r[i] = (i == 2 or i == 3) and '0' or '' end
+            else
+              other[#other + 1] = node .. '.' .. names[j]
+            end
+          end
+          if r then redis.call('HSET', NODES, node, table.concat(r, '|', 1, 10)) end
+          if #other > 0 then redis.call('HDEL', NODES, unpack(other)) end
+        end
         local function event(kind, node, now, ...)
           redis.call('XADD', P .. 'ev', 'MAXLEN', '~', 10000, '*', 'k', kind, 'n', node, 't', now, ...)
         end
@@ -60,7 +129,7 @@ enum AdminScripts {
           local name = ARGV[6 + 2 * i]
           order[#order + 1] = name
           after[name] = split(ARGV[7 + 2 * i])
-          cur[name] = redis.call('HMGET', nkey(name), 's', 'm', 'N', 'nx', 'e', 'mp')
+          cur[name] = mget(name, 's', 'm', 'N', 'nx', 'e', 'mp')
         end
         for name in pairs(selected) do
           local v = cur[name]
@@ -103,9 +172,9 @@ enum AdminScripts {
               if tonumber(v[3] or '-1') > 0 then
                 action[x] = 'elements'
               else
-                local n = tonumber(redis.call('HGET', nkey(v[2]), 'N') or '-1')
+                local n = tonumber(get(v[2], 'N') or '-1')
                 if n < 0 then
-                  local ok, list = pcall(cjson.decode, redis.call('GET', rkey(v[2])) or 'null')
+                  local ok, list = pcall(cjson.decode, redis.call('HGET', P .. 'r', v[2]) or 'null')
                   if ok and type(list) == 'table' then n = #list end
                 end
                 if n < 0 then return { 'refused', 'notlist', x .. ':' .. v[2], rs } end
@@ -133,74 +202,70 @@ enum AdminScripts {
         -- Apply.
         local out = { 'ok', table.concat(retried, ','), '' }
         local reset_names = {}
-        local function clear(nk)
-          redis.call('HDEL', nk, 'err', 'dl', 'fin', 'st', 'sz', 'o', 'l', 'ra', 'skip', 'q')
+        local function clear(node)
+          del(node, 'err', 'dl', 'fin', 'st', 'sz', 'o', 'l', 'ra', 'skip', 'q')
         end
-        local function queue(node, nk, epoch)
-          redis.call('HSET', nk, 's', 'queued', 'e', epoch, 'a', 1, 'q', now, 'o', '', 'k', 0)
+        local function queue(node, epoch)
+          set(node, 's', 'queued', 'e', epoch, 'a', 1, 'q', now, 'o', '', 'k', 0)
           redis.call('ZADD', T, now + vis, node)
           event('node', node, now, 's', 'queued', 'why', 'retry')
           out[#out + 1] = node
           out[#out + 1] = epoch
           out[#out + 1] = 1
         end
-        local function element(stage, i, sk)
+        -- Elements take their retry and poison limits from their stage.
+        local function element(stage, i)
           local node = stage .. '[' .. i .. ']'
-          local ek = nkey(node)
-          local sv = redis.call('HMGET', sk, 'ma', 'mk', 'f', 'x')
-          local e = tonumber(redis.call('HGET', ek, 'e') or '0')
-          clear(ek)
-          redis.call('HSET', ek, 'ma', sv[1], 'mk', sv[2], 'f', sv[3])
-          if sv[4] then redis.call('PEXPIRE', ek, sv[4]) end
-          queue(node, ek, e + 1)
+          local e = tonumber(get(node, 'e') or '0')
+          clear(node)
+          queue(node, e + 1)
         end
         for _, x in ipairs(order) do
           local a = action[x]
-          local sk = nkey(x)
           if reset[x] then reset_names[#reset_names + 1] = x end
           if a == 'wait' then
             if reset[x] then
-              clear(sk)
-              redis.call('HDEL', sk, 'N', 'nx', 'left')
-              redis.call('HSET', sk, 's', 'waiting', 'a', 0, 'k', 0)
+              clear(x)
+              del(x, 'N', 'nx', 'left')
+              set(x, 's', 'waiting', 'a', 0, 'k', 0)
               event('stage', x, now, 's', 'waiting', 'why', 'retry')
             end
-            redis.call('HSET', sk, 'p', pend_of[x])
-            if skip_of[x] then redis.call('HSET', sk, 'skip', skip_of[x]) else redis.call('HDEL', sk, 'skip') end
+            set(x, 'p', pend_of[x])
+            if skip_of[x] then set(x, 'skip', skip_of[x]) else del(x, 'skip') end
           elseif a == 'skip' then
-            clear(sk)
-            redis.call('HSET', sk, 's', 'skipped', 'fin', now, 'skip', skip_of[x], 'p', 0)
+            clear(x)
+            set(x, 's', 'skipped', 'fin', now, 'skip', skip_of[x], 'p', 0)
             event('stage', x, now, 's', 'skipped')
           elseif a == 'queue' then
-            clear(sk)
-            redis.call('HSET', sk, 'p', 0)
-            queue(x, sk, tonumber(cur[x][5] or '0') + 1)
+            clear(x)
+            set(x, 'p', 0)
+            queue(x, tonumber(cur[x][5] or '0') + 1)
           elseif a == 'expand' then
             local n = size_of[x]
-            clear(sk)
+            clear(x)
             if n == 0 then
-              redis.call('HSET', sk, 's', 'succeeded', 'N', 0, 'nx', 0, 'left', 0, 'p', 0, 'fin', now)
+              set(x, 's', 'succeeded', 'N', 0, 'nx', 0, 'left', 0, 'p', 0, 'fin', now)
               event('stage', x, now, 's', 'succeeded')
             else
               local par = tonumber(cur[x][6] or '0')
               if par <= 0 or par > n then par = n end
-              redis.call('HSET', sk, 's', 'running', 'N', n, 'nx', par, 'left', n, 'st', now, 'p', 0, 'k', 0)
+              set(x, 's', 'running', 'N', n, 'nx', par, 'left', n, 'st', now, 'p', 0, 'k', 0)
               event('stage', x, now, 's', 'running', 'why', 'retry')
-              for j = 0, par - 1 do element(x, j, sk) end
+              for j = 0, par - 1 do element(x, j) end
             end
           elseif a == 'elements' then
             local n, nx = tonumber(cur[x][3]), tonumber(cur[x][4] or '0')
             local ok, busy = 0, 0
-            clear(sk)
+            clear(x)
             for i = 0, nx - 1 do
-              local es = redis.call('HGET', nkey(x .. '[' .. i .. ']'), 's')
+              local es = get(x .. '[' .. i .. ']', 's')
               if es == 'succeeded' then
                 ok = ok + 1
               elseif es and not FINAL[es] then
                 -- Still in flight (the run went on after the stage failed): it counts when it ends.
                 busy = busy + 1
               else
-                element(x, i, sk)
+                element(x, i)
                 busy = busy + 1
               end
             end
@@ -209,10 +274,10 @@ enum AdminScripts {
               local par = tonumber(cur[x][6] or '0')
               if par <= 0 then par = n end
               local last = math.min(n, nx + par) - 1
-              for j = nx, last do element(x, j, sk) end
+              for j = nx, last do element(x, j) end
               nx = last + 1
             end
-            redis.call('HSET', sk, 's', 'running', 'nx', nx, 'left', n - ok, 'st', now, 'p', 0, 'k', 0)
+            set(x, 's', 'running', 'nx', nx, 'left', n - ok, 'st', now, 'p', 0, 'k', 0)
             event('stage', x, now, 's', 'running', 'why', 'retry')
           end
         end
@@ -224,7 +289,7 @@ enum AdminScripts {
           event('run', '', now, 's', 'running', 'why', 'retry')
           local ttl = tonumber(redis.call('HGET', RUN, 'ttl') or '0')
           if ttl > 0 then
-            for _, k in ipairs({ RUN, P .. 'in', T, P .. 'ev' }) do redis.call('PEXPIRE', k, ttl * 4) end
+            for _, k in ipairs({ RUN, P .. 'in', NODES, T, P .. 'ev' }) do redis.call('PEXPIRE', k, ttl * 4) end
           end
         end
         return out

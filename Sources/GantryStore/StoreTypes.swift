@@ -4,7 +4,8 @@ import GantryCore
 public struct StoreConfiguration: Sendable, Hashable {
     /// Prefix of every key. Default `gantry`.
     public var namespace: String
-    /// How long a result is kept after it is committed. Default 7 days.
+    /// How long results are kept: a run's results expire together, this long after the run's
+    /// last commit. Default 7 days.
     public var resultTTL: Duration
     /// How long a finished run's keys are kept. Default 7 days. Until a run finishes its keys
     /// carry four times this as a safety TTL.
@@ -49,12 +50,16 @@ public struct ReadyNode: Hashable, Sendable, CustomStringConvertible {
     public var node: NodeID
     public var epoch: UInt64
     public var attempt: UInt32
+    /// Already leased to the owner of the commit that made it ready (the commit's `take`): that
+    /// owner runs it with this epoch and attempt, and it is not published.
+    public var leased: Bool
 
-    public init(runID: RunID, node: NodeID, epoch: UInt64, attempt: UInt32) {
+    public init(runID: RunID, node: NodeID, epoch: UInt64, attempt: UInt32, leased: Bool = false) {
         self.runID = runID
         self.node = node
         self.epoch = epoch
         self.attempt = attempt
+        self.leased = leased
     }
 
     public var description: String { "\(runID)/\(node)@\(epoch)#\(attempt)" }
@@ -204,7 +209,9 @@ public struct RunStatus: Sendable, Codable {
 
 /// One entry of a run's event stream.
 public struct RunEvent: Sendable, Hashable, Codable {
-    /// The stream entry id; pass it back to read what follows.
+    /// Where the event is in the run's event stream: the stream entry id, or `<entry id>.<index>`
+    /// for an event that is not the last of a multi-event entry. Pass it back to read what
+    /// follows.
     public var id: String
     /// `run`, `stage` or `node`.
     public var kind: String

@@ -55,6 +55,44 @@ private func readyOf(_ outcome: CommitOutcome) -> [ReadyNode] {
         #expect(other.runID != first.runID)
     }
 
+    @Test func aCommitLeasesTheReadyNodesItIsAskedToTake() async throws {
+        let store = try makeStore()
+        let created = try await store.createRun(try plan("""
+            name: p
+            stages:
+              - { name: a, task: noop }
+              - { name: b, task: noop, after: [a] }
+              - { name: c, task: noop, after: [a] }
+              - { name: m, task: noop, after: [a], map: a }
+            """), input: [])
+        let root = try #require(created.ready.first)
+        let claim = try await store.claim(root.runID, root.node, epoch: root.epoch, owner: "w1", lease: lease)
+        guard case .claimed(let epoch, _) = claim else { Issue.record("claim gave \(claim)"); return }
+        // b and the mapped stage m (three elements) may be taken, at most three of them; c may not.
+        let take = RedisStateStore.ReadyLease(limit: 3, stages: ["b", "m"], lease: lease)
+        let ready = readyOf(try await store.commit(root.runID, root.node, epoch: epoch, owner: "w1", result: Array("[1,2,3]".utf8), take: take))
+        #expect(Set(ready.map(\.node.description)) == ["b", "c", "m[0]", "m[1]", "m[2]"])
+        let leased = ready.filter(\.leased)
+        #expect(leased.count == 3)
+        #expect(!leased.contains { $0.node.stage == "c" })
+        #expect(ready.first { $0.node.stage == "c" }?.leased == false)
+        let status = try await store.status(root.runID)
+        for node in leased {
+            // Leased to w1 as a claim would: running, its owner, and no one else can claim it.
+            let entry = try #require(status.stages.first { $0.node == node.node } ?? status.elements[node.node.stage]?.first { $0.node == node.node })
+            #expect(entry.state == .running)
+            #expect(entry.owner == "w1")
+            #expect(try await store.claim(root.runID, node.node, epoch: node.epoch, owner: "w2", lease: lease) == .busy)
+            #expect(try await store.commit(root.runID, node.node, epoch: node.epoch, owner: "w1", result: []) != .stale)
+        }
+        // What was not leased is queued, for whoever its message reaches.
+        for node in ready where !node.leased {
+            #expect(try await store.claim(root.runID, node.node, epoch: node.epoch, owner: "w2", lease: lease) == .claimed(epoch: node.epoch, attempt: node.attempt))
+        }
+        let events = try await store.events(root.runID)
+        #expect(events.filter { $0.fields["s"] == "running" && $0.fields["o"] == "w1" }.count == 4)
+    }
+
     @Test func onlyOneOfManyConcurrentClaimersWins() async throws {
         let store = try makeStore()
         let created = try await store.createRun(try plan("name: p\nstages:\n  - { name: a, task: noop }\n"), input: [])
@@ -298,6 +336,78 @@ private func readyOf(_ outcome: CommitOutcome) -> [ReadyNode] {
         #expect(events.map { "\($0.kind):\($0.node):\($0.fields["s"] ?? "")" } == ["run::running", "node:a:running", "node:a:succeeded", "run::succeeded"])
         let later = try await store.events(created.runID, after: events[1].id)
         #expect(later.count == 2)
+    }
+
+    @Test func aBatchMixingRunsAnswersEveryItemAndRecordsEveryEvent() async throws {
+        let store = try makeStore()
+        let first = try await store.createRun(try plan("name: p\nstages:\n  - { name: a, task: noop }\n  - { name: b, task: noop }\n  - { name: c, task: noop, after: [a] }\n"), input: [])
+        let second = try await store.createRun(try plan("name: q\nstages:\n  - { name: x, task: noop }\n  - { name: y, task: noop }\n"), input: [])
+        let (r1, r2) = (first.runID, second.runID)
+        let t0 = currentMilliseconds()
+        // Claims of two runs, interleaved: a repeated node, an old epoch and a run that does not exist.
+        let claims = try await store.claim([
+            .init(runID: r1, node: NodeID(stage: "a"), epoch: 1), .init(runID: r2, node: NodeID(stage: "x"), epoch: 1), .init(runID: r1, node: NodeID(stage: "b"), epoch: 1),
+            .init(runID: r1, node: NodeID(stage: "a"), epoch: 1), .init(runID: r2, node: NodeID(stage: "y"), epoch: 1), .init(runID: r1, node: NodeID(stage: "c"), epoch: 0),
+            .init(runID: RunID.make(), node: NodeID(stage: "a"), epoch: 1),
+        ], owner: "w", lease: lease, now: t0)
+        #expect(claims == [.claimed(epoch: 1, attempt: 1), .claimed(epoch: 1, attempt: 1), .claimed(epoch: 1, attempt: 1), .busy,
+                           .claimed(epoch: 1, attempt: 1), .early, .gone])
+        // Commits of both runs, interleaved: a stale epoch, a repeated commit, and the last
+        // commit of the second run ending it.
+        let commits = try await store.commit([
+            .init(runID: r1, node: NodeID(stage: "a"), epoch: 1, result: Array("ra".utf8)), .init(runID: r2, node: NodeID(stage: "x"), epoch: 1, result: Array("rx".utf8)),
+            .init(runID: r1, node: NodeID(stage: "b"), epoch: 7, result: Array("old".utf8)), .init(runID: r1, node: NodeID(stage: "a"), epoch: 1, result: Array("again".utf8)),
+            .init(runID: r2, node: NodeID(stage: "y"), epoch: 1, result: Array("ry".utf8)), .init(runID: r1, node: NodeID(stage: "b"), epoch: 1, result: Array("rb".utf8)),
+        ], owner: "w", now: t0 + 1)
+        #expect(commits == [
+            .committed(ready: [ReadyNode(runID: r1, node: NodeID(stage: "c"), epoch: 1, attempt: 1)], runState: nil), .committed(ready: [], runState: nil),
+            .stale, .stale, .committed(ready: [], runState: .succeeded), .committed(ready: [], runState: nil),
+        ])
+        #expect(try await store.results(r1, [NodeID(stage: "a"), NodeID(stage: "b")]) == [Array("ra".utf8), Array("rb".utf8)])
+        #expect(try await store.results(r2, [NodeID(stage: "x"), NodeID(stage: "y")]) == [Array("rx".utf8), Array("ry".utf8)])
+        #expect(try await store.staleCommits(r1) == 2)
+        #expect(try await store.staleCommits(r2) == 0)
+        #expect(try await store.runState(r2) == .succeeded)
+        #expect(try await !store.activeRuns().contains(r2))
+        let status = try await store.status(r1)
+        #expect(status.doneStages == 2)
+        #expect(status.stages.map(\.state) == [.succeeded, .succeeded, .queued])
+        #expect(status.stages[0].resultBytes == 2)
+        #expect(status.stages[0].owner == nil)
+        // Every change is an event, once, in order, whatever the batch shared.
+        func changes(_ run: RunID) async throws -> [String] {
+            try await store.events(run).map { "\($0.kind):\($0.node):\($0.fields["s"] ?? ""):\($0.fields["e"] ?? "")" }
+        }
+        #expect(try await changes(r1) == ["run::running:", "node:a:running:1", "node:b:running:1", "node:a:succeeded:1", "node:b:succeeded:1"])
+        #expect(try await changes(r2) == ["run::running:", "node:x:running:1", "node:y:running:1", "node:x:succeeded:1", "node:y:succeeded:1", "run::succeeded:"])
+        let audits = try await store.audit([(r1, NodeID(stage: "a")), (r1, NodeID(stage: "b")), (r1, NodeID(stage: "c"))])
+        #expect(audits.map(\.commitsRecorded) == [1, 1, 0])
+        #expect(audits.map(\.nodeState) == [.succeeded, .succeeded, .queued])
+        #expect(audits.map(\.hasResult) == [true, true, false])
+    }
+
+    @Test func eventsResumeInsideAnEntryOfSeveralEvents() async throws {
+        let store = try makeStore()
+        let yaml = "name: p\nstages:\n" + (0..<5).map { "  - { name: s\($0), task: noop }\n" }.joined()
+        let created = try await store.createRun(try plan(yaml), input: [])
+        let claims = try await store.claim(created.ready.map { .init(runID: $0.runID, node: $0.node, epoch: $0.epoch) }, owner: "w", lease: lease)
+        #expect(claims.allSatisfy { $0 == .claimed(epoch: 1, attempt: 1) })
+        let all = try await store.events(created.runID)
+        #expect(all.map(\.node) == ["", "s0", "s1", "s2", "s3", "s4"])
+        #expect(Set(all.map(\.id)).count == all.count)
+        #expect(all.dropFirst().allSatisfy { $0.fields["o"] == "w" && $0.fields["s"] == "running" })
+        // Read two at a time: nothing is lost or repeated, though the five claims share an entry.
+        var seen: [String] = []
+        var after = "0"
+        while true {
+            let page = try await store.events(created.runID, after: after, count: 2)
+            seen += page.map(\.node)
+            guard let last = page.last else { break }
+            after = last.id
+        }
+        #expect(seen == all.map(\.node))
+        let rest = try await store.waitForEvents(created.runID, after: all[2].id, timeout: .seconds(5))
+        #expect(rest.map(\.node) == ["s2", "s3", "s4"])
     }
 
     @Test func aRedisRestartMidRunLosesNothing() async throws {
