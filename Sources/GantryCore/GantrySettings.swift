@@ -19,7 +19,7 @@ import Yams
 ///   queue_prefix: gantry.                # queue / topic name prefix
 /// store:
 ///   namespace: gantry                    # prefix of every Redis key
-///   result_ttl: 7d                       # how long results are kept
+///   result_ttl: 7d                       # how long a run's results are kept after its last commit
 ///   retention: 7d                        # how long finished runs are kept
 ///   queue_visibility: 2m                 # a queued task unclaimed this long is published again
 ///   max_result_bytes: 1048576            # larger results are refused
@@ -33,6 +33,7 @@ import Yams
 ///   drain_timeout: 20s                   # on SIGTERM, how long in-flight tasks may finish
 ///   max_payload_bytes: 16777216          # larger messages are dead-lettered
 ///   task_limits: {}                      # per task type in-flight limits, e.g. {http: 16}; env "http=16,exec=2"
+///   local_continuation: true             # run stages its own commits made ready at once, while it has free slots
 /// tasks:                                 # the built-in http and exec tasks
 ///   exec_allow: []                       # commands exec may run (names on PATH or absolute paths); [] = exec off
 ///   exec_max_output_bytes: 1048576       # larger stdout fails the task
@@ -86,6 +87,7 @@ public struct GantrySettings: Sendable {
         "store.max_result_bytes": 1_048_576, "store.max_input_bytes": 1_048_576, "store.max_lost_leases": 3,
         "worker.queues": .array(["default"]), "worker.concurrency": 64, "worker.lease": "30s", "worker.renew_interval": "10s",
         "worker.drain_timeout": "20s", "worker.max_payload_bytes": 16_777_216, "worker.task_limits": .object([:]),
+        "worker.local_continuation": true,
         "tasks.exec_allow": .array([]), "tasks.exec_max_output_bytes": 1_048_576, "tasks.http_timeout": "30s",
         "tasks.http_max_response_bytes": 1_048_576,
         "coordinator.leader_lease": "5s", "coordinator.sweep_interval": "100ms",

@@ -39,7 +39,22 @@ final class Coalescer<Request: Sendable, Response: Sendable>: Sendable {
     /// `execute` runs one batch and returns one response per request, in order; every caller
     /// of one coalescer passes the same operation (the one that starts a batch runs it).
     func submit(_ request: Request, execute: @escaping Execute) async throws -> Response {
-        try await withCheckedThrowingContinuation { continuation in
+        // Alone with a free slot: run the batch of one in the caller's own task, sparing the
+        // hops to a draining task and back; whatever arrives meanwhile is drained after it.
+        let alone = state.withLock { state in
+            guard state.pending.isEmpty, state.running < maxConcurrentBatches else { return false }
+            state.running += 1
+            return true
+        }
+        if alone {
+            defer { leaveSlot(execute) }
+            let responses = try await execute([request])
+            guard let response = responses.first, responses.count == 1 else {
+                throw GantryError(.protocolError, "a batch of 1 request returned \(responses.count) responses")
+            }
+            return response
+        }
+        return try await withCheckedThrowingContinuation { continuation in
             let startsBatch = state.withLock { state in
                 state.pending.append(Pending(request: request, continuation: continuation))
                 guard state.running < maxConcurrentBatches else { return false }
@@ -50,6 +65,16 @@ final class Coalescer<Request: Sendable, Response: Sendable>: Sendable {
                 Task { await self.drain(execute) }
             }
         }
+    }
+
+    /// Gives back the slot of a batch run in a caller's task, or hands it to a draining task if
+    /// requests arrived meanwhile.
+    private func leaveSlot(_ execute: @escaping Execute) {
+        let more = state.withLock { state in
+            if state.pending.isEmpty { state.running -= 1 }
+            return !state.pending.isEmpty
+        }
+        if more { Task { await self.drain(execute) } }
     }
 
     /// Runs batches until nothing is pending.

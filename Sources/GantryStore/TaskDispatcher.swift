@@ -12,8 +12,9 @@ public final class TaskDispatcher: Sendable {
     private let store: RedisStateStore
     private let transport: any TaskTransport
     private let signing: SigningKey?
-    /// Specs by run: a run's spec never changes, so one read per run and process suffices.
-    private let specs = Mutex<[RunID: PipelineSpec]>([:])
+    /// Specs by run, with their stages by name: a run's spec never changes, so one read per run
+    /// and process suffices.
+    private let specs = Mutex<[RunID: IndexedSpec]>([:])
     private let maxCachedSpecs = 10_000
 
     /// A key for signing every envelope this dispatcher publishes.
@@ -45,20 +46,58 @@ public final class TaskDispatcher: Sendable {
         return created
     }
 
+    /// A spec and its stages by name, so that finding a stage of a long pipeline is one lookup.
+    private final class IndexedSpec: Sendable {
+        let spec: PipelineSpec
+        let stages: [StageName: StageSpec]
+        /// The stages that depend on each stage.
+        let dependents: [StageName: [StageSpec]]
+
+        init(_ spec: PipelineSpec) {
+            self.spec = spec
+            self.stages = Dictionary(spec.stages.map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
+            var dependents: [StageName: [StageSpec]] = [:]
+            for stage in spec.stages {
+                for upstream in stage.after { dependents[upstream, default: []].append(stage) }
+            }
+            self.dependents = dependents
+        }
+    }
+
     /// Remembers a spec the caller already has (the submitter), sparing a read.
     public func remember(_ spec: PipelineSpec, for run: RunID) {
+        _ = remember(IndexedSpec(spec), for: run)
+    }
+
+    private func remember(_ indexed: IndexedSpec, for run: RunID) -> IndexedSpec {
         specs.withLock { cache in
             if cache.count >= maxCachedSpecs { cache.removeAll(keepingCapacity: true) }
-            cache[run] = spec
+            cache[run] = indexed
         }
+        return indexed
+    }
+
+    private func indexedSpec(of run: RunID) async throws -> IndexedSpec {
+        if let cached = specs.withLock({ $0[run] }) { return cached }
+        return remember(IndexedSpec(try await store.spec(run)), for: run)
     }
 
     /// The spec of `run`, from the cache or Redis.
     public func spec(of run: RunID) async throws -> PipelineSpec {
-        if let cached = specs.withLock({ $0[run] }) { return cached }
-        let spec = try await store.spec(run)
-        remember(spec, for: run)
-        return spec
+        try await indexedSpec(of: run).spec
+    }
+
+    /// The stages of `run` that depend on its stage `name` (from the cache or Redis).
+    public func dependents(of name: StageName, in run: RunID) async throws -> [StageSpec] {
+        try await indexedSpec(of: run).dependents[name] ?? []
+    }
+
+    /// The stage `name` of `run`'s spec (from the cache or Redis), or a `notFound` error.
+    public func stage(_ name: StageName, of run: RunID) async throws -> StageSpec {
+        guard let stage = try await indexedSpec(of: run).stages[name] else {
+            throw GantryError(.notFound, "run \(run) has no stage '\(name)'")
+        }
+        return stage
     }
 
     /// Publishes `nodes`, grouped by queue, each queue's batch confirmed by the broker.
@@ -69,17 +108,31 @@ public final class TaskDispatcher: Sendable {
     /// upstream results from Redis.
     public func publish(_ nodes: [ReadyNode], rootInput: [UInt8]? = nil) async throws {
         guard !nodes.isEmpty else { return }
-        var byQueue: [String: [OutgoingMessage]] = [:]
+        try await publish(prepared: try await prepare(nodes, rootInput: rootInput))
+    }
+
+    /// A ready node turned into the task message that runs it, not yet published.
+    public struct PreparedTask: Sendable {
+        /// The queue its stage runs on.
+        public var queue: String
+        /// The stage it runs.
+        public var stage: StageSpec
+        /// The message, epoch and payload included.
+        public var envelope: TaskEnvelope
+    }
+
+    /// Builds the envelopes of `nodes` as ``publish(_:rootInput:)`` would send them, reading the
+    /// inputs it needs from Redis (once per run or mapped list).
+    public func prepare(_ nodes: [ReadyNode], rootInput: [UInt8]? = nil) async throws -> [PreparedTask] {
+        var prepared: [PreparedTask] = []
+        prepared.reserveCapacity(nodes.count)
         var inputs: [RunID: [UInt8]] = [:]
         var lists: [String: [JSONValue]] = [:]
         let now = currentMilliseconds()
         // The stage timeout is applied by the worker from when the attempt starts, not here:
         // a task may wait in a queue far longer than it may run.
         for ready in nodes {
-            let spec = try await spec(of: ready.runID)
-            guard let stage = spec.stage(ready.node.stage) else {
-                throw GantryError(.notFound, "run \(ready.runID) has no stage '\(ready.node.stage)'")
-            }
+            let stage = try await stage(ready.node.stage, of: ready.runID)
             var payload: [UInt8] = []
             if let map = stage.map, let index = ready.node.index {
                 let key = "\(ready.runID)/\(map)"
@@ -109,8 +162,18 @@ public final class TaskDispatcher: Sendable {
                 attempt: ready.attempt, epoch: ready.epoch, enqueuedMilliseconds: now,
                 traceParent: TraceContext(run: ready.runID, node: ready.node, attempt: ready.attempt).traceParent, payload: payload
             )
+            prepared.append(PreparedTask(queue: stage.queue, stage: stage, envelope: envelope))
+        }
+        return prepared
+    }
+
+    /// Publishes prepared tasks, grouped by queue, each queue's batch confirmed by the broker.
+    public func publish(prepared: [PreparedTask]) async throws {
+        var byQueue: [String: [OutgoingMessage]] = [:]
+        for task in prepared {
+            let envelope = task.envelope
             let body = signing.map { envelope.encoded(signedWith: $0.secret, keyID: $0.id) } ?? envelope.encoded()
-            byQueue[stage.queue, default: []].append(OutgoingMessage(body: body, key: ready.runID.rawValue, priority: UInt8(stage.priority)))
+            byQueue[task.queue, default: []].append(OutgoingMessage(body: body, key: envelope.runID.rawValue, priority: envelope.priority))
         }
         for (queue, messages) in byQueue {
             try await transport.publish(messages, to: queue)

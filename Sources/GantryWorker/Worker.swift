@@ -16,6 +16,13 @@ import Synchronization
 /// (or record the failure) through the fenced scripts, publish what became ready, and only then
 /// acknowledge the message. If Redis is unreachable the delivery is handed back to the broker,
 /// never acknowledged.
+///
+/// Local continuation (``WorkerConfiguration/localContinuation``): of the stages a commit made
+/// ready, those on a queue this worker consumes, with a task registered here, take the free slots
+/// and run here at once instead of travelling through the broker — a chain runs hop after hop
+/// without a publish, and a fan-out keeps what this worker can run. They are queued in Redis
+/// first, like any ready node, so the fenced claim, the lease and the coordinator's queue
+/// deadline protect them exactly as they protect a published one.
 public final class Worker: Service, Sendable {
     private let configuration: WorkerConfiguration
     private let registry: TaskRegistry
@@ -27,6 +34,8 @@ public final class Worker: Service, Sendable {
     private let logger: Logger
     private let held = Mutex<[HeldKey: HeldTask]>([:])
     private let tally = Mutex(WorkerCounters())
+    private let draining = Atomic<Bool>(false)
+    private let consumedQueues: Set<String>
 
     private struct HeldKey: Hashable {
         var runID: RunID
@@ -35,7 +44,7 @@ public final class Worker: Service, Sendable {
 
     private struct HeldTask {
         var epoch: UInt64
-        var task: Task<Void, Never>?
+        var task: Task<[Continuation], Never>?
         var cancelled = false
     }
 
@@ -48,7 +57,32 @@ public final class Worker: Service, Sendable {
         public var deadLettered = 0
         public var dropped = 0
         public var handedBack = 0
+        /// Stages run here straight after the commit that made them ready (no broker hop).
+        public var continuedLocally = 0
         public var inFlight = 0
+    }
+
+    /// Where an attempt came from: a broker delivery, settled once the outcome is recorded; or a
+    /// stage this worker's own commit made ready (local continuation), which no message carries.
+    private enum Origin: Sendable {
+        case delivery(Delivery)
+        case local(TaskDispatcher.PreparedTask)
+
+        var queue: String {
+            switch self {
+            case .delivery(let delivery): delivery.queue
+            case .local(let task): task.queue
+            }
+        }
+    }
+
+    /// A stage to run here next, in a slot already reserved for it, with the upstream results
+    /// this worker already holds (the result it just committed).
+    private struct Continuation: Sendable {
+        var task: TaskDispatcher.PreparedTask
+        var known: [StageName: [UInt8]]
+        /// Leased to this worker by the commit that made it ready: no claim needed.
+        var leased: Bool
     }
 
     /// Creates a worker running tasks from `registry`.
@@ -64,6 +98,7 @@ public final class Worker: Service, Sendable {
         self.dispatcher = dispatcher ?? TaskDispatcher(store: store, transport: transport)
         self.pool = pool
         self.limiter = TaskLimiter(limits: configuration.taskLimits)
+        self.consumedQueues = Set(configuration.queues)
         var logger = logger
         logger[metadataKey: "worker"] = .string(configuration.workerID)
         self.logger = logger
@@ -84,6 +119,7 @@ public final class Worker: Service, Sendable {
             try await withGracefulShutdownHandler {
                 try await self.intake(deliveries)
             } onGracefulShutdown: {
+                self.draining.store(true, ordering: .relaxed)
                 deliveries.stopIntake()
             }
             background.cancelAll()
@@ -101,9 +137,9 @@ public final class Worker: Service, Sendable {
                     tally.withLock { $0.received += 1; $0.inFlight += 1 }
                     WorkerMetrics.inFlight(delivery.queue, 1)
                     group.addTask {
-                        await self.handle(delivery)
-                        self.tally.withLock { $0.inFlight -= 1 }
-                        WorkerMetrics.inFlight(delivery.queue, -1)
+                        let next = await self.handle(delivery)
+                        self.releaseSlot(delivery.queue)
+                        await self.runLocally(next)
                     }
                 }
             } catch {
@@ -125,7 +161,8 @@ public final class Worker: Service, Sendable {
 
     // MARK: One delivery
 
-    private func handle(_ delivery: Delivery) async {
+    /// Handles one delivery; returns the stages to continue with here.
+    private func handle(_ delivery: Delivery) async -> [Continuation] {
         let envelope: TaskEnvelope
         do {
             envelope = try TaskEnvelope(decoding: delivery.body, maxPayload: configuration.maxPayloadBytes, keys: configuration.signingKeys)
@@ -135,71 +172,104 @@ public final class Worker: Service, Sendable {
             WorkerMetrics.received(WorkerMetrics.unknownTask, delivery.queue)
             WorkerMetrics.deadLettered(WorkerMetrics.unknownTask, delivery.queue)
             await settle(delivery) { try await self.transport.deadLetter(delivery, reason: "\(error)") }
-            return
+            return []
         }
+        return await attempt(envelope, origin: .delivery(delivery), known: [:], leased: false)
+    }
+
+    /// Runs continuations, each in the slot reserved for it: a chain goes on in this task, the
+    /// nodes of a fan-out run side by side.
+    private func runLocally(_ first: [Continuation]) async {
+        var pending = first
+        while !pending.isEmpty {
+            if pending.count == 1 {
+                let item = pending[0]
+                WorkerMetrics.inFlight(item.task.queue, 1)
+                pending = await attempt(item.task.envelope, origin: .local(item.task), known: item.known, leased: item.leased)
+                releaseSlot(item.task.queue)
+            } else {
+                let batch = pending
+                pending = []
+                await withDiscardingTaskGroup { group in
+                    for item in batch { group.addTask { await self.runLocally([item]) } }
+                }
+            }
+        }
+    }
+
+    /// Claims and runs one task, records its outcome and settles its origin; returns the stages
+    /// to continue with here.
+    private func attempt(_ envelope: TaskEnvelope, origin: Origin, known: [StageName: [UInt8]], leased: Bool) async -> [Continuation] {
         var log = logger
         log[metadataKey: "run"] = .string(envelope.runID.rawValue)
         log[metadataKey: "node"] = .string(envelope.node.description)
         log[metadataKey: "stage"] = .string(envelope.node.stage.rawValue)
         log[metadataKey: "attempt"] = .stringConvertible(envelope.attempt)
         log[metadataKey: "trace"] = .string(TraceContext.traceID(traceParent: envelope.traceParent, run: envelope.runID))
-        WorkerMetrics.received(envelope.task, delivery.queue)
+        WorkerMetrics.received(envelope.task, origin.queue)
 
         let claim: ClaimOutcome
         do {
-            claim = try await withStore { try await self.store.claim(envelope.runID, envelope.node, epoch: envelope.epoch, owner: self.configuration.workerID, lease: self.configuration.lease) }
+            claim = leased ? .claimed(epoch: envelope.epoch, attempt: envelope.attempt) : try await withStore { try await self.store.claim(envelope.runID, envelope.node, epoch: envelope.epoch, owner: self.configuration.workerID, lease: self.configuration.lease) }
         } catch {
             log.error("cannot claim, handing the task back: \(error)")
-            await handBack(delivery)
-            return
+            await handBack(origin)
+            return []
         }
         guard case .claimed(let epoch, let attempt) = claim else {
             log.debug("dropping message: \(claim)")
             tally.withLock { $0.dropped += 1 }
-            WorkerMetrics.dropped(envelope.task, delivery.queue)
-            await settle(delivery) { try await self.transport.ack(delivery) }
-            return
+            WorkerMetrics.dropped(envelope.task, origin.queue)
+            await acknowledge(origin)
+            return []
         }
 
-        WorkerMetrics.queueWait(envelope.task, delivery.queue, enqueuedMilliseconds: envelope.enqueuedMilliseconds)
+        WorkerMetrics.queueWait(envelope.task, origin.queue, enqueuedMilliseconds: envelope.enqueuedMilliseconds)
         let key = HeldKey(runID: envelope.runID, node: envelope.node)
         // The attempt runs in its own task so that renewal can cancel it (lost lease, cancelled run).
         // It is held before it starts, so that it can let go before recording its outcome.
         held.withLock { $0[key] = HeldTask(epoch: epoch, task: nil) }
         let attemptTask = Task {
-            await self.runAttempt(envelope, epoch: epoch, attempt: attempt, delivery: delivery, log: log)
+            await self.runAttempt(envelope, epoch: epoch, attempt: attempt, origin: origin, known: known, log: log)
         }
         held.withLock { $0[key]?.task = attemptTask }
-        await attemptTask.value
+        let next = await attemptTask.value
         held.withLock { _ = $0.removeValue(forKey: key) }
+        return next
     }
 
-    private func runAttempt(_ envelope: TaskEnvelope, epoch: UInt64, attempt: UInt32, delivery: Delivery, log: Logger) async {
+    private func runAttempt(
+        _ envelope: TaskEnvelope, epoch: UInt64, attempt: UInt32, origin: Origin, known: [StageName: [UInt8]], log: Logger
+    ) async -> [Continuation] {
         let owner = configuration.workerID
         let run = envelope.runID
         let node = envelope.node
         let outcome: Result<[UInt8], any Error>
         let stage: StageSpec
         do {
-            let spec = try await withStore { try await self.dispatcher.spec(of: run) }
-            guard let found = spec.stage(node.stage) else {
-                throw GantryError(.notFound, "run \(run) has no stage '\(node.stage)'")
-            }
-            stage = found
+            stage = try await withStore { try await self.dispatcher.stage(node.stage, of: run) }
         } catch {
             log.error("cannot read the run's pipeline, handing the task back: \(error)")
             _ = try? await store.release(run, node, epoch: epoch, owner: owner)
-            await handBack(delivery)
-            return
+            await handBack(origin)
+            return []
         }
         let attemptStarted = ContinuousClock.now
         do {
             let definition = try registry.require(envelope.task)
             // A mapped element arrives with its element as the payload; the list it came from is
-            // not read again. Other dependencies' results are read from Redis.
+            // not read again. Other dependencies' results are read from Redis, unless this worker
+            // has just committed them (a local continuation).
             let isElement = stage.map != nil && node.index != nil
             let needed = isElement ? stage.after.filter { $0 != stage.map } : stage.after
-            let upstream = needed.isEmpty ? [:] : try await withStore { try await self.store.upstreamResults(run, stages: needed) }
+            let upstream: [StageName: [UInt8]]
+            if needed.isEmpty {
+                upstream = [:]
+            } else if needed.allSatisfy({ known[$0] != nil }) {
+                upstream = known.filter { needed.contains($0.key) }
+            } else {
+                upstream = try await withStore { try await self.store.upstreamResults(run, stages: needed) }
+            }
             let input = isElement ? envelope.payload : try StageInput.assemble(stage: stage, index: nil, runInput: envelope.payload, upstream: upstream)
             let context = TaskContext(runID: run, node: node, attempt: attempt, args: stage.args, upstream: upstream, deadlineMilliseconds: envelope.deadlineMilliseconds)
             // worker.task_limits: wait for a slot of this task type (lease renewed meanwhile).
@@ -219,7 +289,7 @@ public final class Worker: Service, Sendable {
         } catch {
             outcome = .failure(error)
         }
-        WorkerMetrics.duration(envelope.task, delivery.queue, since: attemptStarted)
+        WorkerMetrics.duration(envelope.task, origin.queue, since: attemptStarted)
 
         // From here on the outcome is recorded, and renewal stops watching the attempt: a commit
         // after a lost lease is refused by its epoch anyway, and a renewal that finds the node
@@ -236,27 +306,47 @@ public final class Worker: Service, Sendable {
             if held.withLock({ $0[HeldKey(runID: run, node: node)]?.cancelled }) == true {
                 log.info("attempt stopped: lease lost or run cancelled")
                 tally.withLock { $0.dropped += 1 }
-                await settle(delivery) { try await self.transport.ack(delivery) }
+                await acknowledge(origin)
             } else {
-                _ = try? await store.release(run, node, epoch: epoch, owner: owner)
-                await handBack(delivery)
+                // This task may be cancelled (drain timeout): release and hand back from a task
+                // that is not, or both would give up before reaching Redis and the broker.
+                await Task {
+                    _ = try? await self.store.release(run, node, epoch: epoch, owner: owner)
+                    await self.handBack(origin)
+                }.value
             }
-            return
+            return []
         }
 
+        var continuations: [Continuation] = []
         do {
             switch outcome {
             case .success(let result):
-                let committed = try await withStore { try await self.store.commit(run, node, epoch: epoch, owner: owner, result: result) }
+                let take = await leaseToTake(after: stage, of: run)
+                let committed: CommitOutcome
+                do {
+                    committed = try await withStore {
+                        try await self.store.commit(run, node, epoch: epoch, owner: owner, result: result, take: take?.lease)
+                    }
+                } catch {
+                    returnSlots(take?.reserved ?? 0)
+                    throw error
+                }
+                var leasedCount = 0
+                if case .committed(let ready, _) = committed { leasedCount = ready.count { $0.leased } }
+                returnSlots((take?.reserved ?? 0) - leasedCount)
                 if case .committed(let ready, let runState) = committed {
-                    WorkerMetrics.succeeded(envelope.task, delivery.queue)
-                    try await publish(ready)
+                    WorkerMetrics.succeeded(envelope.task, origin.queue)
+                    // A plain stage's result is what its dependents read as its result; a mapped
+                    // element's is not (they read the gathered list).
+                    let known = node.index == nil && stage.map == nil ? [stage.name: result] : [:]
+                    continuations = try await dispatchReady(ready, known: known)
                     tally.withLock { $0.succeeded += 1 }
                     if let runState { log.info("run finished: \(runState.rawValue)") }
                 } else {
                     log.warning("result refused: this worker no longer held the current epoch")
                     tally.withLock { $0.dropped += 1 }
-                    WorkerMetrics.staleCommitRefused(envelope.task, delivery.queue)
+                    WorkerMetrics.staleCommitRefused(envelope.task, origin.queue)
                 }
             case .failure(let error):
                 let gantryError = error as? GantryError
@@ -270,26 +360,27 @@ public final class Worker: Service, Sendable {
                 case .retryAt:
                     log.info("attempt failed, will retry in \(backoff.shortDescription): \(message)")
                     tally.withLock { $0.retried += 1 }
-                    WorkerMetrics.failed(envelope.task, delivery.queue, retried: true)
+                    WorkerMetrics.failed(envelope.task, origin.queue, retried: true)
                 case .deadLettered(let ready, let runState):
                     log.warning("task failed for good and was dead-lettered: \(message)")
                     tally.withLock { $0.failed += 1 }
-                    WorkerMetrics.failed(envelope.task, delivery.queue, retried: false)
-                    try await publish(ready)
+                    WorkerMetrics.failed(envelope.task, origin.queue, retried: false)
+                    continuations = try await dispatchReady(ready, known: [:])
                     if let runState { log.info("run finished: \(runState.rawValue)") }
                 case .stale:
                     tally.withLock { $0.dropped += 1 }
-                    WorkerMetrics.dropped(envelope.task, delivery.queue)
+                    WorkerMetrics.dropped(envelope.task, origin.queue)
                 }
             }
         } catch {
             // The outcome could not be made durable: do not acknowledge; the broker redelivers
             // and the lease's expiry lets the coordinator re-queue if we are gone.
             log.error("cannot record the outcome, handing the task back: \(error)")
-            await handBack(delivery)
-            return
+            await handBack(origin)
+            return []
         }
-        await settle(delivery) { try await self.transport.ack(delivery) }
+        await acknowledge(origin)
+        return continuations
     }
 
     // MARK: Background loops
@@ -306,7 +397,7 @@ public final class Worker: Service, Sendable {
                 WorkerMetrics.leasesRenewed(outcomes.count { $0 == .renewed })
                 for (lease, outcome) in zip(leases, outcomes) where outcome != .renewed {
                     WorkerMetrics.leaseExpired()
-                    let task = held.withLock { tasks -> Task<Void, Never>? in
+                    let task = held.withLock { tasks -> Task<[Continuation], Never>? in
                         tasks[HeldKey(runID: lease.runID, node: lease.node)]?.cancelled = true
                         return tasks[HeldKey(runID: lease.runID, node: lease.node)]?.task
                     }
@@ -352,21 +443,107 @@ public final class Worker: Service, Sendable {
         }
     }
 
-    /// Publishes what a commit released (reading specs and inputs from Redis as needed).
-    private func publish(_ ready: [ReadyNode]) async throws {
-        guard !ready.isEmpty else { return }
+    /// Sends on what a commit released: the stages this worker can run take its free slots and
+    /// are returned to run here; the rest are published (reading specs and inputs from Redis as
+    /// needed).
+    private func dispatchReady(_ ready: [ReadyNode], known: [StageName: [UInt8]]) async throws -> [Continuation] {
+        guard !ready.isEmpty else { return [] }
+        let retryUntil = ContinuousClock.now + configuration.storeRetryDeadline
+        let prepared: [TaskDispatcher.PreparedTask]
         do {
-            try await store.client.retrying(until: ContinuousClock.now + configuration.storeRetryDeadline) { try await self.dispatcher.publish(ready) }
+            prepared = try await store.client.retrying(until: retryUntil) { try await self.dispatcher.prepare(ready) }
+        } catch {
+            // Leased nodes not run now go back to Redis's care: their leases expire and the
+            // coordinator re-queues them.
+            WorkerMetrics.brokerError("publish")
+            returnSlots(ready.count { $0.leased })
+            throw error
+        }
+        // Leased by the commit itself (their slots are taken): they run here.
+        let leased = zip(ready, prepared).filter { $0.0.leased }.map(\.1)
+        let unleased = zip(ready, prepared).filter { !$0.0.leased }.map(\.1)
+        var local: [TaskDispatcher.PreparedTask] = []
+        var remote: [TaskDispatcher.PreparedTask] = []
+        if configuration.localContinuation {
+            let runsHere = { (task: TaskDispatcher.PreparedTask) in self.consumedQueues.contains(task.queue) && self.registry[task.envelope.task] != nil }
+            let runnable = unleased.filter(runsHere)
+            let slots = reserveSlots(runnable.count)
+            local = Array(runnable.prefix(slots))
+            remote = Array(runnable.dropFirst(slots)) + unleased.filter { !runsHere($0) }
+        } else {
+            remote = unleased
+        }
+        do {
+            if !remote.isEmpty {
+                try await store.client.retrying(until: retryUntil) { try await self.dispatcher.publish(prepared: remote) }
+            }
         } catch {
             WorkerMetrics.brokerError("publish")
+            returnSlots(local.count + leased.count)
             throw error
+        }
+        if !local.isEmpty || !leased.isEmpty { tally.withLock { $0.continuedLocally += local.count + leased.count } }
+        return leased.map { Continuation(task: $0, known: known, leased: true) } + local.map { Continuation(task: $0, known: known, leased: false) }
+    }
+
+    /// Before a commit: reserves slots for the stages that depend on `stage` and can run here, so
+    /// that the commit leases them to this worker in the same script (one for each such stage,
+    /// or as many as are free when one of them fans out). Nil when none can.
+    private func leaseToTake(after stage: StageSpec, of run: RunID) async -> (lease: RedisStateStore.ReadyLease, reserved: Int)? {
+        guard configuration.localContinuation, let dependents = try? await dispatcher.dependents(of: stage.name, in: run) else { return nil }
+        let runnable = dependents.filter { consumedQueues.contains($0.queue) && registry[$0.task] != nil }
+        guard !runnable.isEmpty else { return nil }
+        let wanted = runnable.contains { $0.map != nil } ? configuration.concurrency : runnable.count
+        let reserved = reserveSlots(wanted)
+        guard reserved > 0 else { return nil }
+        return (RedisStateStore.ReadyLease(limit: reserved, stages: runnable.map(\.name), lease: configuration.lease), reserved)
+    }
+
+    /// Takes up to `count` free slots while in-flight tasks are below
+    /// ``WorkerConfiguration/concurrency`` and the worker is not draining; returns how many.
+    private func reserveSlots(_ count: Int) -> Int {
+        guard count > 0, !draining.load(ordering: .relaxed) else { return 0 }
+        return tally.withLock { counters in
+            let taken = min(count, max(0, configuration.concurrency - counters.inFlight))
+            counters.inFlight += taken
+            return taken
         }
     }
 
-    private func handBack(_ delivery: Delivery) async {
+    /// Gives back reserved slots that no task took.
+    private func returnSlots(_ count: Int) {
+        guard count > 0 else { return }
+        tally.withLock { $0.inFlight -= count }
+    }
+
+    private func releaseSlot(_ queue: String) {
+        tally.withLock { $0.inFlight -= 1 }
+        WorkerMetrics.inFlight(queue, -1)
+    }
+
+    /// The outcome is recorded: acknowledge the message (a local continuation has none).
+    private func acknowledge(_ origin: Origin) async {
+        guard case .delivery(let delivery) = origin else { return }
+        await settle(delivery) { try await self.transport.ack(delivery) }
+    }
+
+    /// Gives a task back unrun: a delivery goes back to the broker; a local continuation, which no
+    /// message carries, is published. Should that fail too, the node is still queued in Redis and
+    /// the coordinator publishes it when its queue deadline passes.
+    private func handBack(_ origin: Origin) async {
         tally.withLock { $0.handedBack += 1 }
-        WorkerMetrics.handedBack(delivery.queue)
-        await settle(delivery) { try await self.transport.nack(delivery, requeue: true) }
+        WorkerMetrics.handedBack(origin.queue)
+        switch origin {
+        case .delivery(let delivery):
+            await settle(delivery) { try await self.transport.nack(delivery, requeue: true) }
+        case .local(let task):
+            do {
+                try await dispatcher.publish(prepared: [task])
+            } catch {
+                WorkerMetrics.brokerError("publish")
+                logger.warning("could not publish \(task.envelope.runID)/\(task.envelope.node) after giving it back; the coordinator publishes it after the queue visibility period: \(error)")
+            }
+        }
     }
 
     private func settle(_ delivery: Delivery, _ action: () async throws -> Void) async {

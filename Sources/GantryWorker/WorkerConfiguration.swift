@@ -31,6 +31,12 @@ public struct WorkerConfiguration: Sendable {
     /// for both in-process and pool stages. A task waiting for its type's slot holds its lease
     /// (renewed) and one of the worker's slots. Default none.
     public var taskLimits: [String: Int] = [:]
+    /// Whether a stage this worker's own commit made ready runs here at once, without a trip
+    /// through the broker, when its queue is one this worker consumes, its task is registered
+    /// here and a slot is free (in-flight tasks below ``concurrency``). The node is queued in
+    /// Redis before that, so if this worker dies first the coordinator publishes it after the
+    /// queue visibility period, as for any lost message. Default true.
+    public var localContinuation = true
 
     /// The defaults listed on each property.
     public init(
@@ -82,6 +88,7 @@ extension WorkerConfiguration {
             maxPayloadBytes: try settings.int("worker.max_payload_bytes")
         )
         taskLimits = try Self.taskLimits(settings)
+        localContinuation = try settings.bool("worker.local_continuation")
     }
 
     /// `worker.task_limits`: a mapping of task names to limits, or from the environment a text

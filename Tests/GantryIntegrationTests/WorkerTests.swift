@@ -164,6 +164,78 @@ private struct Cluster {
         #expect(try await cluster.store.workers().isEmpty)
     }
 
+    private static func chain(_ stages: Int, last: String = "task: echo") -> String {
+        "name: chain\nstages:\n  - { name: s0, task: echo }\n"
+            + (1..<stages).map { "  - { name: s\($0), \($0 == stages - 1 ? last : "task: echo"), after: [s\($0 - 1)] }\n" }.joined()
+    }
+
+    @Test func aChainRunsHopAfterHopInTheWorkerThatCommittedIt() async throws {
+        let cluster = try Cluster()
+        let run = try await cluster.submit(Self.chain(10), input: "payload")
+        let worker = try cluster.worker()
+        let state = try await withWorkerServices([worker]) { try await cluster.waitForEnd(run) }
+        #expect(state == .succeeded)
+        // Each hop's input is the result its parent committed, handed on without a broker trip.
+        #expect(try await cluster.store.result(run, NodeID(stage: "s9")) == Array("payload".utf8))
+        #expect(worker.counters.received == 1)
+        #expect(worker.counters.continuedLocally == 9)
+        #expect(worker.counters.succeeded == 10)
+    }
+
+    @Test func withoutLocalContinuationEveryStageTravelsThroughTheBroker() async throws {
+        let cluster = try Cluster()
+        let run = try await cluster.submit(Self.chain(10), input: "payload")
+        let worker = try cluster.worker { $0.localContinuation = false }
+        let state = try await withWorkerServices([worker]) { try await cluster.waitForEnd(run) }
+        #expect(state == .succeeded)
+        #expect(try await cluster.store.result(run, NodeID(stage: "s9")) == Array("payload".utf8))
+        #expect(worker.counters.received == 10)
+        #expect(worker.counters.continuedLocally == 0)
+    }
+
+    @Test func aFanOutKeepsWhatFreeSlotsHoldAndPublishesTheRest() async throws {
+        let cluster = try Cluster()
+        let run = try await cluster.submit("""
+            name: fan
+            stages:
+              - { name: lines, task: split }
+              - { name: hash, task: sha256, after: [lines], map: lines }
+              - { name: join, task: echo, after: [hash] }
+            """, input: (1...12).map { "line \($0)" }.joined(separator: "\n"))
+        let worker = try cluster.worker { $0.concurrency = 4 }
+        let state = try await withWorkerServices([worker]) { try await cluster.waitForEnd(run) }
+        #expect(state == .succeeded)
+        let hashes = try #require(try await cluster.store.upstreamResults(run, stages: ["hash"])["hash"])
+        #expect(try JSONValue(parsing: hashes).arrayValue?.count == 12)
+        // The root held one of 4 slots when its commit released 12 elements: 3 stayed, 9 were
+        // published; the join stays too if a slot is free when the last element commits.
+        let counters = worker.counters
+        #expect((3...4).contains(counters.continuedLocally))
+        #expect(counters.received + counters.continuedLocally == 14)
+        #expect(counters.succeeded == 14)
+    }
+
+    @Test func aContinuationHandedBackAtShutdownIsPublished() async throws {
+        let cluster = try Cluster()
+        let run = try await cluster.submit(Self.chain(2, last: "task: sleep, args: { duration: 60s }"), input: "x")
+        let worker = try cluster.worker { $0.drainTimeout = .milliseconds(200) }
+        try await withWorkerServices([worker]) {
+            try await redisWaitUntil("the second stage to start here") {
+                try await cluster.store.status(run).stages[1].state == .running && worker.counters.continuedLocally == 1
+            }
+        }
+        // The drain timed out: the lease was released and, as no message carried the stage, one was published.
+        let status = try await cluster.store.status(run)
+        #expect(status.stages[1].state == .queued)
+        #expect(worker.counters.handedBack == 1)
+        let stream = try await cluster.transport.consume(queues: ["default"], credit: 1)
+        var iterator = stream.makeAsyncIterator()
+        let envelope = try TaskEnvelope(decoding: try #require(try await iterator.next()).body)
+        #expect(envelope.node == NodeID(stage: "s1"))
+        #expect(envelope.epoch == status.stages[1].epoch)
+        #expect(try await cluster.store.claim(run, envelope.node, epoch: envelope.epoch, owner: "next", lease: .seconds(5)) == .claimed(epoch: envelope.epoch, attempt: 1))
+    }
+
     @Test func onlyOneCoordinatorLeadsAndAStandbyTakesOver() async throws {
         let cluster = try Cluster()
         let first = cluster.coordinator()
