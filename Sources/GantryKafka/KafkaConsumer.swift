@@ -41,9 +41,9 @@ public final class KafkaConsumer: Sendable {
         try self.init(configuration: configuration, consumer: consumer, logger: logger, sink: nil)
     }
 
-    /// Creates the consumer; with a `sink`, every event goes to it, on the polling thread and
-    /// in order, instead of to ``events`` (which then only ends at close), and the buffer and
-    /// its capacity are not used: the sink's owner bounds what it keeps with
+    /// Creates the consumer; with a `sink`, everything it receives goes to it, on the polling
+    /// thread and in order, instead of to ``events`` (which then only ends at close), and the
+    /// buffer and its capacity are not used: the sink's owner bounds what it keeps with
     /// ``pauseFetching(_:)``.
     ///
     /// The sink must return quickly and must not wait for the consumer (a commit completes on
@@ -52,7 +52,7 @@ public final class KafkaConsumer: Sendable {
         configuration: KafkaConfiguration,
         consumer: KafkaConsumerConfiguration,
         logger: Logger,
-        sink: (@Sendable (KafkaConsumer.SinkEvent) -> Void)?
+        sink: (any KafkaConsumerSink)?
     ) throws {
         guard !consumer.groupID.isEmpty else {
             throw GantryError(.configuration, "the Kafka consumer group id is empty; set KafkaConsumerConfiguration.groupID")
@@ -159,11 +159,27 @@ public final class KafkaConsumer: Sendable {
 }
 
 extension KafkaConsumer {
-    /// What a consumer created with a sink hands it, on its polling thread.
+    /// What a consumer created with a sink hands it, on its polling thread, besides records.
     enum SinkEvent: Sendable {
-        /// The next event, as ``KafkaConsumer/events`` would have delivered it.
+        /// The next event, as ``KafkaConsumer/events`` would have delivered it (never
+        /// ``KafkaConsumerEvent/records(_:)``: a sink takes records one by one through
+        /// ``KafkaConsumerSink/fetched(_:topic:)``).
         case event(KafkaConsumerEvent)
         /// The consumer closed (asked to, or after a fatal error, given here); nothing follows.
         case finished(GantryError?)
     }
+}
+
+/// Where a consumer created with a sink hands what it receives, on its polling thread and in
+/// order: records straight from librdkafka, so that the sink builds its own representation of
+/// them without an intermediate ``KafkaRecord`` per record.
+protocol KafkaConsumerSink: Sendable {
+    /// One fetched record. `message` has no error and is valid only during the call; `topic`
+    /// is its topic's name. Records of a partition come in offset order.
+    func fetched(_ message: UnsafePointer<rd_kafka_message_t>, topic: String)
+    /// The records fetched since the last call form a batch: the end of what one poll brought,
+    /// or a rebalance follows.
+    func endOfBatch()
+    /// Any other event; ``KafkaConsumer/SinkEvent/finished(_:)`` comes last.
+    func receive(_ event: KafkaConsumer.SinkEvent)
 }

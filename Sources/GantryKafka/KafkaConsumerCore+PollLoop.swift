@@ -21,13 +21,12 @@ extension KafkaConsumerCore {
             }
             if closeStarted && rd_kafka_consumer_closed(client.handle) != 0 { break }
 
-            var batch: [KafkaRecord] = []
-            // The records of a batch mostly share a topic: its name is read once per change
-            // (their messages hold the topic handle, so the pointer is not reused meanwhile).
-            var topic: (handle: OpaquePointer?, name: String) = (nil, "")
+            var batch = Batch()
             if var event = rd_kafka_queue_poll(client.queue, 100) {
+                // Read once per batch: only a rebalance changes it, and a rebalance ends the batch.
+                batch.revoking = state.withLock { $0.revoking }
                 while true {
-                    let endBatch = handle(event: event, batch: &batch, topic: &topic)
+                    let endBatch = handle(event: event, batch: &batch)
                     rd_kafka_event_destroy(event)
                     guard !endBatch, batch.count < configuration.maxBatchSize,
                         let next = rd_kafka_queue_poll(client.queue, 0)
@@ -35,7 +34,7 @@ extension KafkaConsumerCore {
                     event = next
                 }
             }
-            if !batch.isEmpty { deliver(.records(batch)) }
+            flush(&batch)
             applyBackpressure()
             completeRevocationIfDue(force: closeStarted)
         }
@@ -77,12 +76,38 @@ extension KafkaConsumerCore {
         }
     }
 
+    /// The records of one poll, being gathered.
+    struct Batch {
+        /// The records, for the buffer (no sink).
+        var records: [KafkaRecord] = []
+        /// The records handed to the sink since its last ``KafkaConsumerSink/endOfBatch()``.
+        var sunk = 0
+        /// Partitions being revoked: their records belong to their next owner.
+        var revoking: Set<KafkaTopicPartition> = []
+        /// The records of a batch mostly share a topic: its name is read once per change
+        /// (their messages hold the topic handle, so the pointer is not reused meanwhile).
+        var topic: (handle: OpaquePointer?, name: String) = (nil, "")
+
+        var count: Int { records.count + sunk }
+    }
+
+    /// Hands the gathered records over: to the sink, or as one event.
+    private func flush(_ batch: inout Batch) {
+        if batch.sunk > 0 {
+            sink?.endOfBatch()
+            batch.sunk = 0
+        }
+        if !batch.records.isEmpty {
+            deliver(.records(batch.records))
+            batch.records = []
+        }
+    }
+
     /// Serves one event. Returns true when the current batch must end here (a rebalance
     /// changes what the following records mean).
-    private func handle(event: OpaquePointer, batch: inout [KafkaRecord], topic: inout (handle: OpaquePointer?, name: String)) -> Bool {
+    private func handle(event: OpaquePointer, batch: inout Batch) -> Bool {
         switch rd_kafka_event_type(event) {
         case RD_KAFKA_EVENT_FETCH:
-            let revoking = state.withLock { $0.revoking }
             while let message = rd_kafka_event_message_next(event) {
                 if message.pointee.err != RD_KAFKA_RESP_ERR_NO_ERROR {
                     if message.pointee.err != RD_KAFKA_RESP_ERR__PARTITION_EOF {
@@ -91,20 +116,24 @@ extension KafkaConsumerCore {
                     }
                     continue
                 }
-                if message.pointee.rkt != topic.handle {
-                    topic = (message.pointee.rkt, message.pointee.rkt.map { String(cString: rd_kafka_topic_name($0)) } ?? "")
+                if message.pointee.rkt != batch.topic.handle {
+                    batch.topic = (message.pointee.rkt, message.pointee.rkt.map { String(cString: rd_kafka_topic_name($0)) } ?? "")
                 }
-                let record = Self.record(from: message, topic: topic.name)
-                // Records of partitions being revoked belong to their next owner.
-                if revoking.contains(record.topicPartition) { continue }
-                batch.append(record)
+                if !batch.revoking.isEmpty,
+                    batch.revoking.contains(KafkaTopicPartition(topic: batch.topic.name, partition: message.pointee.partition))
+                {
+                    continue
+                }
+                if let sink {
+                    sink.fetched(message, topic: batch.topic.name)
+                    batch.sunk += 1
+                } else {
+                    batch.records.append(Self.record(from: message, topic: batch.topic.name))
+                }
             }
             return false
         case RD_KAFKA_EVENT_REBALANCE:
-            if !batch.isEmpty {
-                deliver(.records(batch))
-                batch = []
-            }
+            flush(&batch)
             rebalance(event)
             return true
         case RD_KAFKA_EVENT_OFFSET_COMMIT:
@@ -272,7 +301,7 @@ extension KafkaConsumerCore {
     /// Hands an event to the sink, or to the waiting `next()`, or appends it to the buffer.
     private func deliver(_ event: KafkaConsumerEvent) {
         if let sink {
-            sink(.event(event))
+            sink.receive(.event(event))
             return
         }
         let waiter: CheckedContinuation<KafkaConsumerEvent?, any Error>? = state.withLock { state in
@@ -372,7 +401,7 @@ extension KafkaConsumerCore {
         if let waiter {
             if let terminal { waiter.resume(throwing: terminal) } else { waiter.resume(returning: nil) }
         }
-        sink?(.finished(terminal ?? sinkFailure))
+        sink?.receive(.finished(terminal ?? sinkFailure))
         for continuation in closeWaiters { continuation.resume() }
     }
 }

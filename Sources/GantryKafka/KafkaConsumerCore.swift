@@ -73,11 +73,12 @@ final class KafkaConsumerCore: Sendable {
     let client: RDKafkaClient
     let configuration: KafkaConsumerConfiguration
     let logger: Logger
-    /// Where events go instead of the buffer, if set (see `KafkaConsumer.init(…sink:)`).
-    let sink: (@Sendable (KafkaConsumer.SinkEvent) -> Void)?
+    /// Where records and events go instead of the buffer, if set (see
+    /// `KafkaConsumer.init(…sink:)`).
+    let sink: (any KafkaConsumerSink)?
     let state = Mutex(State())
 
-    init(client: RDKafkaClient, configuration: KafkaConsumerConfiguration, logger: Logger, sink: (@Sendable (KafkaConsumer.SinkEvent) -> Void)?) {
+    init(client: RDKafkaClient, configuration: KafkaConsumerConfiguration, logger: Logger, sink: (any KafkaConsumerSink)?) {
         self.sink = sink
         self.client = client
         self.configuration = configuration

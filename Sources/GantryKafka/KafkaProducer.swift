@@ -90,6 +90,12 @@ public final class KafkaProducer: Sendable {
         try await core.send(messages)
     }
 
+    /// Like ``sendAll(_:)``, but returns nothing: for callers that only need to know every
+    /// record was delivered, which spares keeping a report per record.
+    func deliverAll(_ messages: [KafkaOutgoingMessage]) async throws {
+        _ = try await core.send(messages, reports: false)
+    }
+
     /// Waits until every record sent so far has its delivery report.
     ///
     /// - Throws: ``GantryError`` with code `timeout` if records are still outstanding after

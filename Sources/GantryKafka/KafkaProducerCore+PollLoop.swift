@@ -1,3 +1,8 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
 import CRdKafka
 import GantryCore
 import Logging
@@ -46,9 +51,7 @@ extension KafkaProducerCore {
                     results.append((opaque, .failure(error)))
                 }
             }
-            let completed = state.withLock { state in
-                results.compactMap { state.report($0.0, $0.1) }
-            }
+            let completed = state.withLock { $0.report(results) }
             for (continuation, result) in completed { continuation.resume(with: result) }
         case RD_KAFKA_EVENT_ERROR:
             let code = rd_kafka_event_error(event)
@@ -95,6 +98,10 @@ extension KafkaProducerCore {
 
     /// Destroys the handle and fails everything still waiting.
     private func finish() {
+        // No sender claims a chunk once the producer is stopping (the loop ended on that); the
+        // ones handing records to librdkafka now finish their chunk (at most a few hundred
+        // non-blocking calls) before the handle may go.
+        while state.withLock({ $0.enqueuing > 0 }) { usleep(100) }
         var waiters: [CheckedContinuation<[KafkaDeliveryReport], any Error>] = []
         var flushes: [CheckedContinuation<Void, any Error>] = []
         var purge = false

@@ -5,9 +5,12 @@ import Synchronization
 
 /// The producer's state, shared between the callers and the polling thread.
 final class KafkaProducerCore: Sendable {
-    /// The records of one ``send(_:)`` call and their delivery reports.
+    /// The records of one ``send(_:reports:)`` call and their delivery reports.
     struct Batch {
-        /// Reports by record index; nil until each comes.
+        /// The number of records.
+        let count: Int
+        /// Reports by record index, nil until each comes; empty when the sender does not want
+        /// them.
         var reports: [KafkaDeliveryReport?]
         /// Records handed to librdkafka whose report has not come.
         var outstanding = 0
@@ -21,25 +24,21 @@ final class KafkaProducerCore: Sendable {
         /// come, and the batch goes with the last.
         var abandoned = false
 
-        init(count: Int) {
-            reports = [KafkaDeliveryReport?](repeating: nil, count: count)
+        init(count: Int, keepReports: Bool) {
+            self.count = count
+            reports = keepReports ? [KafkaDeliveryReport?](repeating: nil, count: count) : []
         }
 
-        mutating func enqueued(_ count: Int) {
-            outstanding += count
-        }
-
-        /// Records one report; returns whether the batch is complete.
-        mutating func record(_ index: Int, _ result: Result<KafkaDeliveryReport, GantryError>) -> Bool {
+        /// Records one report.
+        mutating func record(_ index: Int, _ result: Result<KafkaDeliveryReport, GantryError>) {
             outstanding -= 1
             switch result {
             case .success(let report):
-                reports[index] = report
+                if !reports.isEmpty { reports[index] = report }
             case .failure(let error):
                 failures += 1
                 if firstError == nil { firstError = error }
             }
-            return isComplete
         }
 
         var isComplete: Bool { sealed && outstanding == 0 }
@@ -49,7 +48,7 @@ final class KafkaProducerCore: Sendable {
             guard let firstError else { return .success(reports.map { $0! }) }
             if failures == 1 { return .failure(firstError) }
             return .failure(GantryError(
-                firstError.code, "\(failures) of \(reports.count) records were not delivered; first: \(firstError.message)",
+                firstError.code, "\(failures) of \(count) records were not delivered; first: \(firstError.message)",
                 underlying: firstError))
         }
     }
@@ -74,8 +73,11 @@ final class KafkaProducerCore: Sendable {
         var lifecycle = Lifecycle.running
         var nextBatch: UInt32 = 1
         var batches: [UInt32: Batch] = [:]
-        /// Records enqueued in librdkafka whose delivery report has not come.
+        /// Records enqueued in librdkafka (or about to be) whose delivery report has not come.
         var inFlight = 0
+        /// Senders handing records to librdkafka outside the lock: the handle must outlive
+        /// their calls.
+        var enqueuing = 0
         var nextWaiterID: UInt = 1
         var flushWaiters: [UInt: FlushWaiter] = [:]
         var stopWaiters: [CheckedContinuation<Void, Never>] = []
@@ -89,11 +91,11 @@ final class KafkaProducerCore: Sendable {
 
         /// A new batch of `count` records, registered before librdkafka sees any of them: a
         /// report may come at once.
-        mutating func register(count: Int) -> UInt32 {
+        mutating func register(count: Int, keepReports: Bool) -> UInt32 {
             while batches[nextBatch] != nil || nextBatch == 0 { nextBatch &+= 1 }
             let id = nextBatch
             nextBatch &+= 1
-            batches[id] = Batch(count: count)
+            batches[id] = Batch(count: count, keepReports: keepReports)
             return id
         }
 
@@ -130,17 +132,41 @@ final class KafkaProducerCore: Sendable {
             return waiter
         }
 
-        /// Records a delivery report; returns the sender to resume when it completed a batch.
-        mutating func report(_ opaque: UInt, _ result: Result<KafkaDeliveryReport, GantryError>) -> (CheckedContinuation<[KafkaDeliveryReport], any Error>, Result<[KafkaDeliveryReport], any Error>)? {
-            let id = UInt32(truncatingIfNeeded: opaque >> 32)
-            let index = Int(UInt32(truncatingIfNeeded: opaque))
-            // In place, so the batch's report array is not copied.
-            guard let complete = batches[id]?.record(index, result) else { return nil }
-            inFlight -= 1
-            guard complete else { return nil }
-            let batch = batches.removeValue(forKey: id)!
-            guard !batch.abandoned, let waiter = batch.waiter else { return nil }
-            return (waiter, batch.result)
+        /// Records delivery reports (their opaques and results); returns the senders to resume
+        /// because their batch completed.
+        ///
+        /// Consecutive reports of one batch are recorded with one dictionary access, so the
+        /// work under the lock is per batch rather than per record.
+        mutating func report(_ results: [(UInt, Result<KafkaDeliveryReport, GantryError>)]) -> [(CheckedContinuation<[KafkaDeliveryReport], any Error>, Result<[KafkaDeliveryReport], any Error>)] {
+            var completed: [(CheckedContinuation<[KafkaDeliveryReport], any Error>, Result<[KafkaDeliveryReport], any Error>)] = []
+            var start = 0
+            while start < results.count {
+                let id = UInt32(truncatingIfNeeded: results[start].0 >> 32)
+                var end = start + 1
+                while end < results.count, UInt32(truncatingIfNeeded: results[end].0 >> 32) == id { end += 1 }
+                defer { start = end }
+                // Moved out of the dictionary, so that its report array is changed in place.
+                guard var batch = batches.removeValue(forKey: id) else { continue }
+                for (opaque, result) in results[start..<end] {
+                    batch.record(Int(UInt32(truncatingIfNeeded: opaque)), result)
+                }
+                inFlight -= end - start
+                guard batch.isComplete else {
+                    batches[id] = batch
+                    continue
+                }
+                if !batch.abandoned, let waiter = batch.waiter { completed.append((waiter, batch.result)) }
+            }
+            return completed
+        }
+
+        /// Takes back the count of records that were claimed for enqueueing but not enqueued.
+        mutating func withdraw(_ count: Int, from id: UInt32) {
+            guard count > 0 else { return }
+            inFlight -= count
+            guard var batch = batches.removeValue(forKey: id) else { return }
+            batch.outstanding -= count
+            if !(batch.abandoned && batch.outstanding == 0) { batches[id] = batch }
         }
     }
 
@@ -155,25 +181,28 @@ final class KafkaProducerCore: Sendable {
 
     // MARK: Sending
 
-    /// Enqueues `messages` and returns their delivery reports, in order, once every one came.
+    /// Enqueues `messages` and returns their delivery reports, in order, once every one came
+    /// (an empty array when `reports` is false: the caller only needs to know that all were
+    /// delivered).
     ///
-    /// Records are handed to librdkafka a chunk per lock acquisition, and the caller waits
-    /// once for the whole batch, so a large batch costs little more than librdkafka's own work.
-    /// Waits (without blocking) while librdkafka's queue is full.
+    /// Records are handed to librdkafka in chunks, outside the lock (so that concurrent
+    /// senders and the polling thread recording reports do not wait for each other), and the
+    /// caller waits once for the whole batch, so a large batch costs little more than
+    /// librdkafka's own work. Waits (without blocking) while librdkafka's queue is full.
     ///
     /// - Throws: the failure of a record (or a summary when several failed), after every
     ///   report came; `closed`, `cancelled`, or an enqueue error at once, leaving the records
     ///   already enqueued to be delivered or not.
-    func send(_ messages: [KafkaOutgoingMessage]) async throws -> [KafkaDeliveryReport] {
+    func send(_ messages: [KafkaOutgoingMessage], reports: Bool = true) async throws -> [KafkaDeliveryReport] {
         guard !messages.isEmpty else { return [] }
         guard messages.count < Int(UInt32.max) else {
             throw GantryError(.invalidArgument, "\(messages.count) Kafka records in one batch is too many; send fewer than 4 billion at once")
         }
-        let batch = state.withLock { $0.register(count: messages.count) }
+        let batch = state.withLock { $0.register(count: messages.count, keepReports: reports) }
         var next = 0
         do {
             while next < messages.count {
-                let (enqueued, outcome) = state.withLock { enqueueChunk(messages, from: next, batch: batch, into: &$0) }
+                let (enqueued, outcome) = enqueueChunk(messages, from: next, batch: batch)
                 next += enqueued
                 switch outcome {
                 case .enqueued:
@@ -204,49 +233,60 @@ final class KafkaProducerCore: Sendable {
         case failed(GantryError)
     }
 
-    /// The most records handed to librdkafka per lock acquisition: the polling thread needs
-    /// the lock to record delivery reports, and other senders wait for it.
+    /// The most records handed to librdkafka per chunk; the lifecycle is checked between
+    /// chunks, so a close does not wait for a long batch.
     private static let chunkSize = 256
 
-    /// Produces up to ``chunkSize`` records of `messages` from `start`; runs under the lock so
-    /// that the polling thread cannot destroy the handle meanwhile (rd_kafka_produceva does not
-    /// block without RD_KAFKA_MSG_F_BLOCK).
-    private func enqueueChunk(_ messages: [KafkaOutgoingMessage], from start: Int, batch: UInt32, into state: inout State) -> (Int, ChunkOutcome) {
-        switch state.lifecycle {
-        case .running: break
-        case .closing, .stopping, .stopped:
-            return (0, .failed(GantryError(.closed, "the Kafka producer is closed; create a new one to send to topic '\(messages[start].topic)'")))
+    /// Produces up to ``chunkSize`` records of one topic of `messages` from `start`.
+    ///
+    /// The chunk is claimed under the lock: the producer must be running, the records count
+    /// as outstanding before librdkafka sees them (a report may come at once), and
+    /// ``State/enqueuing`` keeps the polling thread from destroying the handle meanwhile.
+    /// librdkafka is called outside the lock (rd_kafka_produceva does not block without
+    /// RD_KAFKA_MSG_F_BLOCK); records it refused are withdrawn afterwards.
+    private func enqueueChunk(_ messages: [KafkaOutgoingMessage], from start: Int, batch: UInt32) -> (Int, ChunkOutcome) {
+        let topicName = messages[start].topic
+        var count = 1
+        while count < Self.chunkSize, start + count < messages.count, messages[start + count].topic == topicName { count += 1 }
+        let claim: Result<OpaquePointer, GantryError> = state.withLock { state in
+            switch state.lifecycle {
+            case .running: break
+            case .closing, .stopping, .stopped:
+                return .failure(GantryError(.closed, "the Kafka producer is closed; create a new one to send to topic '\(topicName)'"))
+            }
+            if let fatal = state.fatal { return .failure(fatal) }
+            guard let topic = state.topicHandle(topicName, client: client.handle) else {
+                return .failure(GantryError(kafka: rd_kafka_last_error(), "could not use Kafka topic '\(topicName)'"))
+            }
+            state.enqueuing += 1
+            state.inFlight += count
+            state.batches[batch]?.outstanding += count
+            return .success(topic)
         }
-        if let fatal = state.fatal { return (0, .failed(fatal)) }
+        let topic: OpaquePointer
+        switch claim {
+        case .success(let handle): topic = handle
+        case .failure(let error): return (0, .failed(error))
+        }
         var produced = 0
         var outcome = ChunkOutcome.enqueued
-        var topicName = ""
-        var topic: OpaquePointer?
-        while start + produced < messages.count, produced < Self.chunkSize {
+        while produced < count {
             let index = start + produced
-            let message = messages[index]
-            // A batch usually goes to one topic: the handle is looked up when the name changes.
-            if topic == nil || message.topic != topicName {
-                guard let handle = state.topicHandle(message.topic, client: client.handle) else {
-                    outcome = .failed(GantryError(kafka: rd_kafka_last_error(), "could not use Kafka topic '\(message.topic)'"))
-                    break
-                }
-                topic = handle
-                topicName = message.topic
-            }
-            if let error = Self.produce(client.handle, topic!, message, opaque: UInt(batch) << 32 | UInt(index)) {
+            if let error = Self.produce(client.handle, topic, messages[index], opaque: UInt(batch) << 32 | UInt(index)) {
                 if rd_kafka_error_code(error) == RD_KAFKA_RESP_ERR__QUEUE_FULL {
                     rd_kafka_error_destroy(error)
                     outcome = .queueFull
                 } else {
-                    outcome = .failed(GantryError(consuming: error, "could not enqueue a record for topic '\(message.topic)'"))
+                    outcome = .failed(GantryError(consuming: error, "could not enqueue a record for topic '\(topicName)'"))
                 }
                 break
             }
             produced += 1
         }
-        state.batches[batch]?.enqueued(produced)
-        state.inFlight += produced
+        state.withLock { state in
+            state.enqueuing -= 1
+            state.withdraw(count - produced, from: batch)
+        }
         return (produced, outcome)
     }
 

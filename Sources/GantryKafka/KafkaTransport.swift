@@ -105,7 +105,7 @@ public final class KafkaTransport: TaskTransport {
         let records = messages.map { message in
             KafkaOutgoingMessage(topic: topic, key: message.key.map { Array($0.utf8) }, value: message.body, headers: Self.kafkaHeaders(message.headers))
         }
-        _ = try await producer.sendAll(records)
+        try await producer.deliverAll(records)
     }
 
     /// Joins the consumer group for the topics of `queues`.

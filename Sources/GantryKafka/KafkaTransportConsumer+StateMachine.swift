@@ -1,22 +1,6 @@
 import GantryCore
 
 extension KafkaTransportConsumer {
-    /// A fetched record ready to be handed out, with where it came from.
-    struct Ready: Sendable {
-        var delivery: Delivery
-        var partition: KafkaTopicPartition
-        var offset: Int64
-        /// What it counts against the prefetch limit: its key and value, plus
-        /// ``bookkeepingBytes``.
-        var size: Int
-        /// The assignment it was fetched under (set when queued).
-        var serial: UInt32 = 0
-
-        /// A rough cost of a ready record beyond its key and value (the delivery, its token,
-        /// the queue entry), so that many tiny records still bound memory.
-        static let bookkeepingBytes = 128
-    }
-
     /// Offsets to commit, with what is needed to undo the bookkeeping if the commit fails.
     struct CommitEntry: Sendable {
         var offset: KafkaCommitOffset
@@ -92,18 +76,34 @@ extension KafkaTransportConsumer {
         private var fetchPaused = false
         private var inFlight = 0
         /// Assigned partitions' progress, by assignment serial (cheaper to hash than a topic).
+        /// A class, so that settling changes it in place without copying it out of the
+        /// dictionary.
         private var progress: [UInt32: PartitionProgress] = [:]
         private var serials: [KafkaTopicPartition: UInt32] = [:]
         /// Handed-out records of revoked partitions, by their old serial: they still use credit
         /// until settled, since a worker is still running them.
         private var orphans: [UInt32: Set<Int64>] = [:]
         private var nextSerial: UInt32 = 1
-        private var ready: [Ready] = []
+        /// Fetched records not handed out yet, in runs of one partition, from `readyHead`.
+        private var ready: [ReadyRun] = []
         private var readyHead = 0
         private var taker: CheckedContinuation<Delivery?, any Error>?
         private var failure: GantryError?
         private var commitRequested = false
         private var stopWaiters: [CheckedContinuation<Void, Never>] = []
+
+        /// A queued ``FetchedRun`` with the progress of the assignment it was fetched under.
+        private struct ReadyRun {
+            var progress: PartitionProgress
+            var deliveries: [Delivery?]
+            /// The next record to hand out.
+            var next = 0
+
+            /// The bytes of the records not handed out yet.
+            var remainingBytes: Int {
+                deliveries[next...].reduce(0) { $0 + ($1.map(FetchedRun.size(of:)) ?? 0) }
+            }
+        }
 
         init(consumerID: UInt64, credit: Int, prefetchBytes: Int) {
             self.consumerID = consumerID
@@ -145,30 +145,29 @@ extension KafkaTransportConsumer {
                     handback.unsettled += handedOut.map { .init(partition: partition, offset: $0) }
                 }
             }
-            ready = ready[readyHead...].filter { !gone.contains($0.serial) }
+            ready = ready[readyHead...].filter { !gone.contains($0.progress.serial) }
             readyHead = 0
-            readyBytes = ready.reduce(0) { $0 + $1.size }
+            readyBytes = ready.reduce(0) { $0 + $1.remainingBytes }
             handback.resumeFetching = resumeIfDrained()
             return handback
         }
 
         // MARK: Records in, deliveries out
 
-        /// Queues fetched records of assigned partitions; returns the delivery to hand to a
-        /// waiting task when credit is free, and whether fetching must pause now.
-        mutating func receive(_ records: ArraySlice<Ready>) -> (handOut: HandOut?, pauseFetching: Bool) {
+        /// Queues fetched runs of assigned partitions (the others are dropped: their records
+        /// belong to the partitions' next owners); returns the delivery to hand to a waiting
+        /// task when credit is free, and whether fetching must pause now.
+        ///
+        /// The runs' records are moved out of `runs`, so that the queue holds the only
+        /// reference to them and taking a record never copies its run.
+        mutating func receive(_ runs: inout [FetchedRun]) -> (handOut: HandOut?, pauseFetching: Bool) {
             guard lifecycle == .running else { return (nil, false) }
-            // Records come in runs of one partition: its serial is looked up once per run.
-            var run: (partition: KafkaTopicPartition, serial: UInt32?)?
-            for var record in records {
-                if run?.partition != record.partition { run = (record.partition, serials[record.partition]) }
-                guard let serial = run?.serial, progress[serial]?.receive(record.offset) == true else { continue }
-                record.serial = serial
-                record.delivery.token = DeliveryToken(
-                    consumer: consumerID << 32 | UInt64(serial), sequence: UInt64(bitPattern: record.offset),
-                    partition: record.partition.partition)
-                ready.append(record)
-                readyBytes += record.size
+            for index in runs.indices {
+                guard let serial = serials[runs[index].partition], let partition = progress[serial] else { continue }
+                var deliveries: [Delivery?] = []
+                swap(&deliveries, &runs[index].deliveries)
+                ready.append(ReadyRun(progress: partition, deliveries: deliveries))
+                readyBytes += runs[index].bytes
             }
             let handOut = handOutToTaker()
             guard !fetchPaused, readyBytes >= prefetchBytes else { return (handOut, false) }
@@ -223,17 +222,33 @@ extension KafkaTransportConsumer {
         }
 
         private mutating func takeReady() -> Delivery? {
-            guard inFlight < credit, readyHead < ready.count else { return nil }
-            let record = ready[readyHead]
-            readyHead += 1
-            if readyHead > 256 && readyHead * 2 > ready.count {
-                ready.removeFirst(readyHead)
-                readyHead = 0
+            guard inFlight < credit else { return nil }
+            while readyHead < ready.count {
+                let position = ready[readyHead].next
+                guard position < ready[readyHead].deliveries.count else {
+                    ready[readyHead].deliveries = []
+                    readyHead += 1
+                    if readyHead > 64 && readyHead * 2 > ready.count {
+                        ready.removeFirst(readyHead)
+                        readyHead = 0
+                    }
+                    continue
+                }
+                ready[readyHead].next = position + 1
+                // Moved out in place: the queue holds the only reference to the run's array, so
+                // this copies nothing.
+                var taken: Delivery?
+                swap(&taken, &ready[readyHead].deliveries[position])
+                guard var delivery = taken else { continue }
+                readyBytes -= FetchedRun.size(of: delivery)
+                let partition = ready[readyHead].progress
+                // A record fetched again after a pause is handed out once.
+                guard partition.handOut(Int64(bitPattern: delivery.token.sequence)) else { continue }
+                inFlight += 1
+                delivery.token.consumer = consumerID << 32 | UInt64(partition.serial)
+                return delivery
             }
-            inFlight += 1
-            readyBytes -= record.size
-            progress[record.serial]?.handOut(record.offset)
-            return record.delivery
+            return nil
         }
 
         private mutating func handOutToTaker() -> HandOut? {
@@ -263,15 +278,16 @@ extension KafkaTransportConsumer {
                 entries.append(CommitEntry(
                     offset: KafkaCommitOffset(topic: partition.partition.topic, partition: partition.partition.partition, offset: point),
                     serial: serial, previous: partition.committed))
-                progress[serial]?.committed = point
+                partition.committed = point
             }
             return entries
         }
 
         /// Undoes ``takeCommits()``'s marks after the commit failed, so the next one retries.
         mutating func commitFailed(_ entries: [CommitEntry]) {
-            for entry in entries where progress[entry.serial]?.committed == entry.offset.offset {
-                progress[entry.serial]?.committed = entry.previous
+            for entry in entries {
+                guard let partition = progress[entry.serial], partition.committed == entry.offset.offset else { continue }
+                partition.committed = entry.previous
             }
         }
 

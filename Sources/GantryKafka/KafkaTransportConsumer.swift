@@ -1,3 +1,4 @@
+import CRdKafka
 import GantryCore
 import Logging
 import Synchronization
@@ -9,8 +10,9 @@ import Synchronization
 /// Three parts, none blocking the cooperative pool:
 /// - the wire consumer's polling thread hands every event to ``handle(_:)`` as it comes
 ///   (the consumer is created with a sink), so rebalances are served at once even while every
-///   worker is busy; records go to the state machine's ready queue, and fetching pauses while
-///   that holds more than the prefetch limit;
+///   worker is busy; it makes the deliveries of fetched records itself, straight from
+///   librdkafka's messages, and queues them in the state machine's ready queue a batch at a
+///   time; fetching pauses while that holds more than the prefetch limit;
 /// - the stream's `next()` takes the next ready record when credit is free, or waits;
 /// - the *committer* task commits finished offsets at most every `commitInterval`.
 ///
@@ -25,7 +27,6 @@ final class KafkaTransportConsumer: Sendable {
     let topics: [String]
     private let wire: KafkaConsumer
     private let inbox: EventInbox
-    private let queueOfTopic: [String: String]
     private let registry: KafkaTransportRegistry
     private let commitInterval: Duration
     private let logger: Logger
@@ -39,7 +40,6 @@ final class KafkaTransportConsumer: Sendable {
         registry: KafkaTransportRegistry, commitInterval: Duration, prefetchBytes: Int, logger: Logger
     ) {
         self.id = id
-        self.queueOfTopic = queues
         self.topics = queues.keys.sorted()
         self.wire = wire
         self.inbox = inbox
@@ -61,7 +61,7 @@ final class KafkaTransportConsumer: Sendable {
     ) async throws -> KafkaTransportConsumer {
         // The wire consumer exists before this consumer does; events reach it through the
         // inbox, which it is attached to before the subscription can produce any.
-        let inbox = EventInbox()
+        let inbox = EventInbox(queues: queues)
         let wire = try KafkaConsumer(
             configuration: configuration.consumerKafkaConfiguration,
             consumer: KafkaConsumerConfiguration(
@@ -71,7 +71,7 @@ final class KafkaTransportConsumer: Sendable {
                 revocationGracePeriod: configuration.revocationGracePeriod
             ),
             logger: logger,
-            sink: { inbox.route($0) }
+            sink: inbox
         )
         let consumer = KafkaTransportConsumer(
             id: registry.makeConsumerID(), queues: queues, credit: credit, wire: wire, inbox: inbox, registry: registry,
@@ -93,7 +93,13 @@ final class KafkaTransportConsumer: Sendable {
         let handle = StreamHandle(consumer: self)
         // Pull-based: a record is handed out only when the application asks for one, so credit
         // and revocations apply up to the last moment.
-        return DeliveryStream(AsyncThrowingStream(unfolding: { try await handle.next() })) { [self] in
+        return DeliveryStream(AsyncThrowingStream(unfolding: {
+            switch try handle.consumer.nextNow() {
+            case .delivery(let delivery): return delivery
+            case .end: return nil
+            case .wait: return try await handle.consumer.waitForNext()
+            }
+        })) { [self] in
             self.stopIntake()
         }
     }
@@ -105,23 +111,37 @@ final class KafkaTransportConsumer: Sendable {
 
     // MARK: Handing out
 
-    /// The next delivery: at once when one is ready and credit is free, else when one is.
-    func next() async throws -> Delivery? {
+    /// What ``nextNow()`` found.
+    enum Immediate {
+        case delivery(Delivery)
+        /// The stream ends.
+        case end
+        /// Nothing to hand out now: ``waitForNext()``.
+        case wait
+    }
+
+    /// The next delivery if one is ready and credit is free, without suspending: the stream's
+    /// fast path, which spares the async calls of ``waitForNext()`` for every record.
+    func nextNow() throws -> Immediate {
         if Task.isCancelled {
             requestStop()
-            return nil
+            return .end
         }
         switch state.withLock({ $0.take() }) {
         case .delivery(let delivery, let resumeFetching):
             if resumeFetching { wire.pauseFetching(false) }
-            return delivery
+            return .delivery(delivery)
         case .end(let failure):
             if let failure { throw failure }
-            return nil
+            return .end
         case .empty:
-            break
+            return .wait
         }
-        return try await withTaskCancellationHandler {
+    }
+
+    /// Waits until a delivery is ready and credit is free, or the stream ends.
+    func waitForNext() async throws -> Delivery? {
+        try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Delivery?, any Error>) in
                 switch state.withLock({ $0.wait(continuation) }) {
                 case .delivery(let delivery, let resumeFetching):
@@ -201,8 +221,9 @@ final class KafkaTransportConsumer: Sendable {
     /// bookkeeping and starts tasks: it never waits.
     fileprivate func handle(_ event: KafkaConsumer.SinkEvent) {
         switch event {
-        case .event(.records(let records)):
-            receive(records)
+        case .event(.records):
+            // A sink gets records through KafkaConsumerSink.fetched, never as an event.
+            break
         case .event(.partitionsAssigned(let partitions)):
             state.withLock { $0.assign(partitions) }
         case .event(.partitionsRevoked(let revocation)):
@@ -214,30 +235,13 @@ final class KafkaTransportConsumer: Sendable {
         }
     }
 
-    /// The most records queued per lock acquisition, so that `next()` and settlements on the
-    /// cooperative pool never wait long for the lock.
-    private static let receiveChunk = 128
-
-    private func receive(_ records: [KafkaRecord]) {
-        var ready: [Ready] = []
-        ready.reserveCapacity(records.count)
-        // Records come in runs of one topic: its queue name is looked up once per run.
-        var queue: (topic: String, name: String) = ("", "")
-        for record in records {
-            if record.topic != queue.topic { queue = (record.topic, queueOfTopic[record.topic] ?? record.topic) }
-            ready.append(Ready(
-                delivery: delivery(from: record, queue: queue.name), partition: record.topicPartition, offset: record.offset,
-                size: record.value.count + (record.key?.count ?? 0) + Ready.bookkeepingBytes))
-        }
-        registry.markRedelivered(&ready)
-        var start = 0
-        while start < ready.count {
-            let chunk = ready[start..<min(start + Self.receiveChunk, ready.count)]
-            start += Self.receiveChunk
-            let (handOut, pauseFetching) = state.withLock { $0.receive(chunk) }
-            if pauseFetching { wire.pauseFetching(true) }
-            hand(handOut)
-        }
+    /// Queues a fetched batch: under the lock, the state machine only queues its runs.
+    fileprivate func receive(_ runs: inout [FetchedRun]) {
+        guard !runs.isEmpty else { return }
+        registry.markRedelivered(&runs)
+        let (handOut, pauseFetching) = state.withLock { $0.receive(&runs) }
+        if pauseFetching { wire.pauseFetching(true) }
+        hand(handOut)
     }
 
     private func revoke(_ revocation: KafkaPartitionRevocation) {
@@ -257,23 +261,6 @@ final class KafkaTransportConsumer: Sendable {
             }
             revocation.finish()
         }
-    }
-
-    private func delivery(from record: KafkaRecord, queue: String) -> Delivery {
-        var headers: [String: String] = [:]
-        var redelivered = false
-        for header in record.headers {
-            if header.key == KafkaTransport.redeliveredHeader {
-                redelivered = true
-                continue
-            }
-            // Kafka allows a name twice; the last one wins, as in an AMQP table.
-            headers[header.key] = header.value.map { String(decoding: $0, as: UTF8.self) } ?? ""
-        }
-        return Delivery(
-            body: record.value, queue: queue,
-            key: record.key.map { String(decoding: $0, as: UTF8.self) }, headers: headers, redelivered: redelivered,
-            token: DeliveryToken(consumer: 0, sequence: 0))
     }
 
     // MARK: Commits
@@ -343,11 +330,19 @@ final class KafkaTransportConsumer: Sendable {
     }
 }
 
-/// Routes the wire consumer's events to the transport consumer, which is created after the
-/// wire consumer; detached when the consumer stopped, which breaks the reference cycle
-/// through the wire consumer's sink.
-private final class EventInbox: Sendable {
+/// The wire consumer's sink: builds the deliveries of fetched records and routes them and the
+/// other events to the transport consumer, which is created after the wire consumer; detached
+/// when the consumer stopped, which breaks the reference cycle through the wire consumer's
+/// sink.
+private final class EventInbox: KafkaConsumerSink {
     private let target = Mutex<KafkaTransportConsumer?>(nil)
+    /// The batch being fetched. Only the polling thread touches it, so its lock is never
+    /// contended.
+    private let batch: Mutex<KafkaTransportConsumer.FetchedBatch>
+
+    init(queues: [String: String]) {
+        batch = Mutex(KafkaTransportConsumer.FetchedBatch(queueOfTopic: queues))
+    }
 
     func attach(_ consumer: KafkaTransportConsumer) {
         target.withLock { $0 = consumer }
@@ -357,7 +352,16 @@ private final class EventInbox: Sendable {
         target.withLock { $0 = nil }
     }
 
-    func route(_ event: KafkaConsumer.SinkEvent) {
+    func fetched(_ message: UnsafePointer<rd_kafka_message_t>, topic: String) {
+        batch.withLock { $0.add(message, topic: topic) }
+    }
+
+    func endOfBatch() {
+        var runs = batch.withLock { $0.take() }
+        target.withLock { $0 }?.receive(&runs)
+    }
+
+    func receive(_ event: KafkaConsumer.SinkEvent) {
         target.withLock { $0 }?.handle(event)
     }
 }
@@ -370,10 +374,6 @@ private final class StreamHandle: Sendable {
 
     init(consumer: KafkaTransportConsumer) {
         self.consumer = consumer
-    }
-
-    func next() async throws -> Delivery? {
-        try await consumer.next()
     }
 
     deinit {

@@ -81,12 +81,17 @@ final class KafkaTransportRegistry: Sendable {
 
     /// Sets `redelivered` on the records a consumer of this transport left unsettled before,
     /// and forgets them.
-    func markRedelivered(_ records: inout [KafkaTransportConsumer.Ready]) {
+    func markRedelivered(_ runs: inout [KafkaTransportConsumer.FetchedRun]) {
         state.withLock { state in
             guard !state.unsettled.isEmpty else { return }
-            for index in records.indices {
-                let id = RecordID(partition: records[index].partition, offset: records[index].offset)
-                if state.unsettled.remove(id) != nil { records[index].delivery.redelivered = true }
+            for run in runs.indices {
+                let partition = runs[run].partition
+                for index in runs[run].deliveries.indices {
+                    guard let offset = runs[run].deliveries[index]?.token.sequence else { continue }
+                    if state.unsettled.remove(RecordID(partition: partition, offset: Int64(bitPattern: offset))) != nil {
+                        runs[run].deliveries[index]?.redelivered = true
+                    }
+                }
             }
         }
     }

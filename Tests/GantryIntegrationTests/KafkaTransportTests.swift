@@ -155,6 +155,44 @@ struct KafkaTransportTests {
         await transport.close()
     }
 
+    @Test("concurrent publishes each return once their records are stored; every record arrives once, in order per key")
+    func concurrentPublishesDeliverEveryRecordOnce() async throws {
+        let queue = Self.queue("concurrent")
+        let transport = try KafkaConformanceTransport.transport(group: KafkaTestEnvironment.group("concurrent"))
+        try await transport.declare(queues: [queue])
+        let publishers = 4
+        let perPublisher = 600
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for publisher in 0..<publishers {
+                group.addTask {
+                    let messages = (0..<perPublisher).map { OutgoingMessage(body: Array("p\(publisher)-\($0)".utf8), key: "run-\(publisher)") }
+                    try await transport.publish(messages, to: queue)
+                }
+            }
+            try await group.waitForAll()
+        }
+        // Every publish returned: all of it is stored.
+        #expect(try await transport.depth(of: queue) == publishers * perPublisher)
+
+        let stream = try await transport.consume(queues: [queue], credit: 64)
+        var received: [String: [Int]] = [:]
+        var count = 0
+        for try await delivery in stream {
+            let text = Self.text(delivery)
+            let parts = text.split(separator: "-")
+            received[String(parts[0]), default: []].append(Int(parts[1])!)
+            try await transport.ack(delivery)
+            count += 1
+            if count == publishers * perPublisher { break }
+        }
+        // One key per publisher: one partition each, so each publisher's records come in order.
+        #expect(received.keys.sorted() == (0..<publishers).map { "p\($0)" })
+        for numbers in received.values { #expect(numbers == Array(0..<perPublisher)) }
+        try await Self.eventually("the commit of every record") { try await transport.depth(of: queue) == 0 }
+        stream.stopIntake()
+        await transport.close()
+    }
+
     @Test("configuration from the environment")
     func configurationFromEnvironment() async throws {
         let configuration = try KafkaTransportConfiguration(environment: [
