@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import GantryCore
+import GantryRuntime
 import GantryStore
 import Synchronization
 
@@ -123,13 +124,17 @@ struct ChaosCommand: AsyncParsableCommand {
         var servers = PrivateServerSet()
         do {
             if scenario == .restartRedis {
-                let redis = try PrivateRedis(directory: directory.appendingPathComponent("redis"))
+                // AOF with appendfsync everysec, as `ops/stack` runs the shared server.
+                let redis = try PrivateRedis(directory: directory.appendingPathComponent("redis").path, launcher: .tracked)
                 try await redis.start()
                 servers.redis = redis
                 overrides["redis.url"] = .string(redis.url)
             }
             if scenario == .restartRabbitMQ {
-                let rabbit = try PrivateRabbitMQ(directory: directory.appendingPathComponent("rabbitmq"), tag: tag)
+                let rabbit = try PrivateRabbitMQ(
+                    directory: directory.appendingPathComponent("rabbitmq").path,
+                    options: PrivateRabbitMQ.Options(nodePrefix: "gantry-chaos-\(tag)", probeName: "gantry-chaos-probe"), launcher: .tracked
+                )
                 try await rabbit.start()
                 servers.rabbitMQ = rabbit
                 overrides["broker.rabbitmq_url"] = .string(rabbit.url)

@@ -139,12 +139,12 @@ extension ChaosRun {
         let how: String
         if let redis = servers.redis {
             how = "kill -9 of Redis (AOF, appendfsync everysec)"
-            await redis.crash()
+            await redis.kill()
             try? await Task.sleep(for: .seconds(1))
             do { try await redis.start() } catch { faults.problems.append("restarting Redis: \(error)") }
         } else if let rabbit = servers.rabbitMQ {
             how = command.graceful ? "clean stop of the RabbitMQ node" : "kill -9 of the RabbitMQ node's Erlang VM"
-            await rabbit.stop(hard: !command.graceful)
+            if command.graceful { try? await rabbit.stop() } else { await rabbit.kill() }
             try? await Task.sleep(for: .seconds(1))
             do { try await rabbit.start() } catch { faults.problems.append("restarting RabbitMQ: \(error)") }
         } else {

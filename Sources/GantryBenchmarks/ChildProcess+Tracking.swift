@@ -27,19 +27,14 @@ extension ChildProcess {
 
     /// `kill -9`, then reaps it.
     func killNow() async {
-        send(SIGKILL)
-        _ = await waitForExit(timeout: .seconds(10))
+        await killAndReap()
         ProcessRegistry.shared.remove(self)
     }
 
     /// SIGTERM, then SIGKILL after `grace`; returns the wait status.
     @discardableResult
     func terminate(grace: Duration = .seconds(20)) async -> Int32? {
-        send(SIGTERM)
-        if !(await waitForExit(timeout: grace)) {
-            send(SIGKILL)
-            _ = await waitForExit(timeout: .seconds(10))
-        }
+        await stop(grace: grace)
         ProcessRegistry.shared.remove(self)
         return status
     }
@@ -57,6 +52,20 @@ extension ChildProcess {
         }
         return children.sorted()
     }
+}
+
+extension PrivateServer.Launcher {
+    /// How gantry-bench starts the processes of its private servers: tracked in
+    /// ``ProcessRegistry`` until stopped on purpose.
+    static let tracked = PrivateServer.Launcher(
+        spawn: { launch in
+            try ChildProcess.spawnTracked(
+                name: launch.name, executable: launch.executable, arguments: launch.arguments,
+                environment: launch.environment, logPath: launch.logPath
+            )
+        },
+        stopped: { ProcessRegistry.shared.remove($0) }
+    )
 }
 
 /// Every process gantry-bench started and has not stopped yet, so that an interrupted run

@@ -44,6 +44,14 @@ final class DevCluster: Sendable {
         return process
     }
 
+    /// Starts the processes of a ``PrivateRedis`` or ``PrivateRabbitMQ`` as servers of the
+    /// cluster: logs in `logs/<name>.log`, stopped last.
+    var serverLauncher: PrivateServer.Launcher {
+        PrivateServer.Launcher { [self] launch in
+            try start(launch.name, role: .server, executable: launch.executable, arguments: launch.arguments, environment: launch.environment)
+        }
+    }
+
     /// Throws naming the first process that ended by itself, with the end of its log.
     func checkAlive() throws {
         for process in started where !process.isRunning {

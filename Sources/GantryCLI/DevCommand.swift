@@ -168,20 +168,15 @@ struct DevSession: Sendable {
             lines.append(["redis", configuredRedis, "configured (\(settings.source(of: "redis.url")))"])
         } else {
             if !isolated { say("redis at \(configuredRedis) (from \(settings.source(of: "redis.url"))) does not answer: starting a private redis-server") }
-            let port = try TCPProbe.freeLoopbackPort()
-            let data = cluster.stateDirectory + "/redis"
-            try FileManager.default.createDirectory(atPath: data, withIntermediateDirectories: true)
-            let executable = try findExecutable("redis-server", fix: "install it (ops/bootstrap, or apt-get install redis-server), or point redis.url at a running Redis")
-            let process = try cluster.start("redis", role: .server, executable: executable, arguments: [
-                "--port", String(port), "--bind", "127.0.0.1", "--dir", data, "--save", "", "--appendonly", "no",
-                "--protected-mode", "yes", "--daemonize", "no",
-            ], environment: environment)
-            try await waitUntil("redis-server on 127.0.0.1:\(port)", timeout: .seconds(20), process: process) {
-                await TCPProbe.connect(host: "127.0.0.1", port: port, timeout: .seconds(1)) == nil
-            }
-            let url = "redis://127.0.0.1:\(port)"
-            settings.set("redis.url", .string(url), source: "gantry dev")
-            lines.append(["redis", url, "started: pid \(process.pid), data in \(data)"])
+            let executable = try PrivateServer.executable(named: "redis-server", fix: "install it (ops/bootstrap, or apt-get install redis-server), or point redis.url at a running Redis")
+            let redis = try PrivateRedis(
+                directory: cluster.stateDirectory + "/redis",
+                options: PrivateRedis.Options(appendOnly: false, executable: executable, startTimeout: .seconds(20)),
+                launcher: cluster.serverLauncher
+            )
+            try await redis.start()
+            settings.set("redis.url", .string(redis.url), source: "gantry dev")
+            lines.append(["redis", redis.url, "started: pid \(redis.process?.pid ?? 0), data in \(redis.directory)"])
         }
 
         // The broker.
@@ -333,43 +328,14 @@ struct DevSession: Sendable {
     /// A private RabbitMQ node, like `ops/stack` runs but on free ports, with its own Erlang
     /// port mapper (so nothing outlives the session) and its files under the state directory.
     private func startRabbitMQ(environment: [String: String]) async throws -> (url: String, detail: String) {
-        // The script itself, not Debian's /usr/sbin wrapper, which switches to the rabbitmq user
-        // (who cannot write to the state directory).
-        let server = try findExecutable("rabbitmq-server", preferred: ["/usr/lib/rabbitmq/bin/rabbitmq-server"], fix: "install it (ops/bootstrap, or apt-get install rabbitmq-server), or point broker.rabbitmq_url at a running RabbitMQ, or use --broker kafka")
-        let epmd = try findExecutable("epmd", preferred: ["/usr/lib/erlang/bin/epmd"], fix: "install Erlang (it comes with rabbitmq-server)")
-        let ports = try TCPProbe.freeLoopbackPorts(3)
-        let (amqpPort, distPort, epmdPort) = (ports[0], ports[1], ports[2])
-        let base = cluster.stateDirectory + "/rabbitmq"
-        for directory in [base + "/mnesia", base + "/log"] {
-            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        }
-        try "[].\n".write(toFile: base + "/enabled_plugins", atomically: true, encoding: .utf8)
-        try "loopback_users = none\nvm_memory_high_watermark.relative = 0.2\ndisk_free_limit.absolute = 50MB\n".write(toFile: base + "/rabbitmq.conf", atomically: true, encoding: .utf8)
-
-        let mapper = try cluster.start("epmd", role: .server, executable: epmd, arguments: ["-port", String(epmdPort)], environment: environment)
-        try await waitUntil("epmd on port \(epmdPort)", timeout: .seconds(10), process: mapper) {
-            await TCPProbe.connect(host: "127.0.0.1", port: epmdPort, timeout: .seconds(1)) == nil
-        }
-        var rabbitEnvironment = environment
-        let node = "gantry-dev-\(amqpPort)@localhost"
-        let overrides = [
-            "RABBITMQ_NODENAME": node, "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1", "RABBITMQ_NODE_PORT": String(amqpPort),
-            "RABBITMQ_DIST_PORT": String(distPort), "RABBITMQ_MNESIA_BASE": base + "/mnesia", "RABBITMQ_LOG_BASE": base + "/log",
-            "RABBITMQ_PID_FILE": base + "/\(amqpPort).pid", "RABBITMQ_ENABLED_PLUGINS_FILE": base + "/enabled_plugins",
-            "RABBITMQ_CONFIG_FILE": base + "/rabbitmq", "RABBITMQ_ADVANCED_CONFIG_FILE": base + "/advanced.config",
-            "RABBITMQ_CONF_ENV_FILE": base + "/rabbitmq-env.conf", "ERL_EPMD_PORT": String(epmdPort),
-            "HOME": environment["HOME"] ?? "/root",
-        ]
-        rabbitEnvironment.merge(overrides) { _, new in new }
-        let process = try cluster.start("rabbitmq", role: .server, executable: server, arguments: [], environment: rabbitEnvironment)
-        let url = "amqp://guest:guest@127.0.0.1:\(amqpPort)/"
-        var probe = settings
-        probe.set("broker.rabbitmq_url", .string(url), source: "gantry dev")
-        try await waitUntil("RabbitMQ node \(node) on 127.0.0.1:\(amqpPort)", timeout: .seconds(120), process: process) {
-            guard await TCPProbe.connect(host: "127.0.0.1", port: amqpPort, timeout: .seconds(1)) == nil else { return false }
-            return (try? await GantryRuntime.checkBrokerReachable(settings: probe, timeout: .seconds(5))) != nil
-        }
-        return (url, "started node \(node): pid \(process.pid), data in \(base)")
+        let script = try PrivateRabbitMQ.serverScript(fix: "install it (ops/bootstrap, or apt-get install rabbitmq-server), or point broker.rabbitmq_url at a running RabbitMQ, or use --broker kafka")
+        let rabbit = try PrivateRabbitMQ(
+            directory: cluster.stateDirectory + "/rabbitmq",
+            options: PrivateRabbitMQ.Options(nodePrefix: "gantry-dev", privatePortMapper: true, environment: environment, executable: script, probeName: "gantry-cli-check"),
+            launcher: cluster.serverLauncher
+        )
+        try await rabbit.start()
+        return (rabbit.url, "started node \(rabbit.nodeName): pid \(rabbit.process?.pid ?? 0), data in \(rabbit.directory)")
     }
 
     /// Polls `condition` every 200 ms until it holds; throws when `timeout` passes, when
@@ -386,13 +352,4 @@ struct DevSession: Sendable {
             try await Task.sleep(for: .milliseconds(200))
         }
     }
-}
-
-/// The path of `name`: the first of `preferred` that exists, else on `PATH`; or an error
-/// saying how to get it.
-func findExecutable(_ name: String, preferred: [String] = [], fix: String) throws -> String {
-    let path = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/local/bin:/usr/bin:/bin"
-    let candidates = preferred + path.split(separator: ":").map { "\($0)/\(name)" } + ["/usr/sbin/\(name)", "/usr/bin/\(name)"]
-    if let found = candidates.first(where: { FileManager.default.isExecutableFile(atPath: $0) }) { return found }
-    throw GantryError(.configuration, "\(name) is not installed (not on PATH); \(fix)")
 }

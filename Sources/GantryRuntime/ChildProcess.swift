@@ -15,12 +15,15 @@ public final class ChildProcess: Sendable {
     public let pid: Int32
     /// Where its standard output and error go.
     public let logPath: String
+    /// Whether it was started in a process group of its own (whose id is its pid).
+    public let leadsProcessGroup: Bool
     private let exitStatus = Mutex<Int32?>(nil)
 
-    private init(name: String, pid: Int32, logPath: String) {
+    private init(name: String, pid: Int32, logPath: String, leadsProcessGroup: Bool) {
         self.name = name
         self.pid = pid
         self.logPath = logPath
+        self.leadsProcessGroup = leadsProcessGroup
     }
 
     /// Starts `executable` with `arguments` and exactly `environment`, output appended to
@@ -74,7 +77,7 @@ public final class ChildProcess: Sendable {
         guard rc == 0 else {
             throw GantryError(.configuration, "cannot start \(name) (\(executable)): \(String(cString: strerror(rc)))")
         }
-        return ChildProcess(name: name, pid: pid, logPath: logPath)
+        return ChildProcess(name: name, pid: pid, logPath: logPath, leadsProcessGroup: newProcessGroup)
     }
 
     /// Whether the process is still running (reaping it if it exited).

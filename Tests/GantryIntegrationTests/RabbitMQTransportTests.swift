@@ -1,6 +1,7 @@
 import Foundation
 import GantryAMQP
 import GantryCore
+import GantryRuntime
 import Synchronization
 import Testing
 
@@ -201,14 +202,14 @@ private func message(_ text: String, priority: UInt8 = 0) -> OutgoingMessage {
         }
         #expect(progress.held.withLock { $0.count } == heldIDs.count)
         progress.phase.withLock { $0 = 1 }
-        try await broker.stopNode()
+        try await broker.stop()
         progress.phase.withLock { $0 = 2 }
         // Acks of deliveries from the dead connection are refused, not sent anywhere.
         for delivery in progress.held.withLock({ $0 }) {
             let error = await #expect(throws: GantryError.self) { try await transport.ack(delivery) }
             #expect(error?.code == .closed)
         }
-        try await broker.startNode()
+        try await broker.start()
 
         try await publisher.value
         try await Support.eventually("every message arrives", timeout: .seconds(120)) {
