@@ -51,6 +51,7 @@ struct MemoryBenchmark: AsyncParsableCommand {
                 throw GantryError(.commandFailed, "cannot read /proc/<pid>/status of the worker or coordinator")
             }
             let children = worker.childPIDs.compactMap(ChildProcess.memory(of:))
+            let idleBreakdown = MemoryBreakdown(pid: worker.pid)
             let plan = try BenchCluster.singleTaskPlan("noop")
             try await ThroughputRun.warmUp(cluster: bench, plan: plan, count: 500)
             let load = try await ThroughputRun.measure(cluster: bench, tasks: tasks, submitters: submitters, plan: plan)
@@ -65,6 +66,14 @@ struct MemoryBenchmark: AsyncParsableCommand {
             report.conditions = report.conditions.merging(cluster.conditions(workers: 1, n: tasks)) { $1 }
             report.conditions["task"] = .string("noop")
             report.figure("worker_idle_rss_mb", mb(workerIdle.rss), headline: true)
+            if let idleBreakdown {
+                // What the RSS is made of: pages of mapped files (the binary, the Swift runtime and
+                // Foundation, shared with every process that maps them) and the process's own.
+                report.figure("worker_idle_rss_file_mb", mb(idleBreakdown.rssFile))
+                report.figure("worker_idle_rss_anon_mb", mb(idleBreakdown.rssAnon))
+                report.figure("worker_idle_pss_mb", mb(idleBreakdown.pss))
+                report.figure("worker_idle_private_mb", mb(idleBreakdown.privateBytes))
+            }
             report.figure("worker_peak_rss_mb", mb(workerAfter.peak), headline: true)
             report.figure("worker_rss_after_load_mb", mb(workerAfter.rss))
             report.figure("coordinator_idle_rss_mb", mb(coordinatorIdle.rss))
@@ -79,10 +88,46 @@ struct MemoryBenchmark: AsyncParsableCommand {
                 mb(workerAfter.rss), mb(coordinatorIdle.rss), mb(coordinatorAfter.peak), children.count,
                 children.isEmpty ? 0 : mb(children.map(\.rss).reduce(0, +) / children.count)
             ))
+            if let idleBreakdown {
+                print(String(
+                    format: "  worker idle RSS = %.1f MB of mapped files (binary, Swift runtime, Foundation) + %.1f MB anonymous; PSS %.1f MB, private %.1f MB",
+                    mb(idleBreakdown.rssFile), mb(idleBreakdown.rssAnon), mb(idleBreakdown.pss), mb(idleBreakdown.privateBytes)
+                ))
+            }
         } catch {
             await bench.stop()
             await bench.cleanUp(keepFiles: true)
             throw error
         }
+    }
+}
+
+/// A process's resident memory by kind, from `/proc/<pid>/status` and `/proc/<pid>/smaps_rollup`.
+struct MemoryBreakdown {
+    /// Resident pages of mapped files (`RssFile`).
+    var rssFile: Int
+    /// Resident anonymous pages: heap, stacks (`RssAnon`).
+    var rssAnon: Int
+    /// Proportional set size: each shared page divided among the processes that map it.
+    var pss: Int
+    /// Pages mapped by this process alone (`Private_Clean` + `Private_Dirty`).
+    var privateBytes: Int
+
+    init?(pid: Int32) {
+        guard let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
+              let rollup = try? String(contentsOfFile: "/proc/\(pid)/smaps_rollup", encoding: .utf8) else { return nil }
+        func bytes(_ name: String, in text: String) -> Int? {
+            text.split(separator: "\n").first { $0.hasPrefix(name) }
+                .flatMap { $0.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first }
+                .flatMap { Int($0) }
+                .map { $0 * 1024 }
+        }
+        guard let file = bytes("RssFile:", in: status), let anon = bytes("RssAnon:", in: status),
+              let pss = bytes("Pss:", in: rollup), let clean = bytes("Private_Clean:", in: rollup),
+              let dirty = bytes("Private_Dirty:", in: rollup) else { return nil }
+        self.rssFile = file
+        self.rssAnon = anon
+        self.pss = pss
+        self.privateBytes = clean + dirty
     }
 }
