@@ -12,39 +12,7 @@ enum AdminScripts {
         local T = P .. 't'
         local NODES = P .. 'n'
         local FINAL = { succeeded = true, failed = true, skipped = true, cancelled = true }
-        -- Node fields. Those of the record (field `<node>`) are read and written through it.
-        local RECF = { s = 1, e = 2, a = 3, q = 4, l = 5, st = 6, fin = 7, sz = 8, out = 9, o = 10 }
-        local RECP = '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|(.*)$'
-        local function record(node)
-          local v = redis.call('HGET', NODES, node)
-          if not v then return nil end
-          local r = { string.match(v, RECP) }
-          if #r ~= 10 then return nil end
-          return r
-        end
-        local function new_record() return { '', '0', '0', '', '', '', '', '', '', '' } end
-        -- `get(node, f)`: the field, or false when unset. `mget(node, f1, f2, …)`: a table of them.
-        local function mget(node, ...)
-          local names = { ... }
-          local out, other, at, r = {}, {}, {}, nil
-          for j = 1, #names do
-            local i = RECF[names[j]]
-            if i then
-              if r == nil then r = record(node) or false end
-              local x = r and r[i]
-              out[j] = (x and x ~= '') and x or false
-            else
-              other[#other + 1] = node .. '.' .. names[j]
-              at[#at + 1] = j
-            end
-          end
-          if #other > 0 then
-            local v = redis.call('HMGET', NODES, unpack(other))
-            for k = 1, #other do out[at[k]] = v[k] end
-          end
-          return out
-        end
-        local function get(node, f) return mget(node, f)[1] end
+        """ + "\n" + StoreScripts.nodeFields + """
         -- `set(node, f1, v1, f2, v2, …)`; `del(node, f1, f2, …)` unsets fields.
         local function set(node, ...)
           local args = { ... }

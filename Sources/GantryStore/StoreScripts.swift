@@ -45,35 +45,10 @@ import GantryRedis
 /// Node states: `waiting queued running retrying succeeded failed skipped cancelled`.
 /// Run states: `running succeeded failed cancelled`.
 enum StoreScripts {
-    /// What every script needs: key names, node fields and the event log.
-    ///
-    /// Events go to the run's stream in one of two shapes, both read by
-    /// ``RedisStateStore/decodeEvents(_:)``: `event` appends one entry per event
-    /// (`k <kind> n <node> t <now> <fields…>`); `node_event` gathers consecutive node events that
-    /// share their fields into one entry (`t <now> k node s <state> … n <node> e <epoch> n <node>
-    /// e <epoch> …`), so a batch of one run's claims or commits appends one entry, not one per
-    /// node. The fields before an entry's first `n` belong to every event of the entry; each `n`
-    /// starts an event. A script that uses `node_event` calls `flush_events` before it returns
-    /// (`use_run` and `event` flush too, so the events of a run keep their order).
-    static let base = """
-        local RUN, P, T, NODES
-        -- The current run's events not yet appended: the fields of one stream entry, how many, and
-        -- the shared fields they began with.
-        local EV, EVN, EVS = nil, 0, nil
-        local function flush_events()
-          if EV then
-            redis.call('XADD', P .. 'ev', 'MAXLEN', '~', 10000, '*', unpack(EV, 1, EVN))
-            EV, EVN, EVS = nil, 0, nil
-          end
-        end
-        local function use_run(key)
-          flush_events()
-          RUN = key
-          P = string.sub(key, 1, -4)
-          T = P .. 't'
-          NODES = P .. 'n'
-        end
-        if KEYS[1] then use_run(KEYS[1]) end
+    /// Reading and writing a node's fields in the run's node hash `NODES`: `record(node)` (the
+    /// record's fields as a table), `new_record()`, `mget(node, f…)` and `get(node, f)`. The
+    /// script declares `NODES` first.
+    static let nodeFields = """
         -- Node fields. Those of the record (field `<node>`) are read and written through it.
         local RECF = { s = 1, e = 2, a = 3, q = 4, l = 5, st = 6, fin = 7, sz = 8, out = 9, o = 10 }
         local RECP = '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|(.*)$'
@@ -107,6 +82,39 @@ enum StoreScripts {
           return out
         end
         local function get(node, f) return mget(node, f)[1] end
+
+        """
+
+    /// What every script needs: key names, node fields and the event log.
+    ///
+    /// Events go to the run's stream in one of two shapes, both read by
+    /// ``RedisStateStore/decodeEvents(_:)``: `event` appends one entry per event
+    /// (`k <kind> n <node> t <now> <fields…>`); `node_event` gathers consecutive node events that
+    /// share their fields into one entry (`t <now> k node s <state> … n <node> e <epoch> n <node>
+    /// e <epoch> …`), so a batch of one run's claims or commits appends one entry, not one per
+    /// node. The fields before an entry's first `n` belong to every event of the entry; each `n`
+    /// starts an event. A script that uses `node_event` calls `flush_events` before it returns
+    /// (`use_run` and `event` flush too, so the events of a run keep their order).
+    static let base = """
+        local RUN, P, T, NODES
+        -- The current run's events not yet appended: the fields of one stream entry, how many, and
+        -- the shared fields they began with.
+        local EV, EVN, EVS = nil, 0, nil
+        local function flush_events()
+          if EV then
+            redis.call('XADD', P .. 'ev', 'MAXLEN', '~', 10000, '*', unpack(EV, 1, EVN))
+            EV, EVN, EVS = nil, 0, nil
+          end
+        end
+        local function use_run(key)
+          flush_events()
+          RUN = key
+          P = string.sub(key, 1, -4)
+          T = P .. 't'
+          NODES = P .. 'n'
+        end
+        if KEYS[1] then use_run(KEYS[1]) end
+        """ + "\n" + nodeFields + """
         -- `set(node, f1, v1, f2, v2, …)`.
         local function set(node, ...)
           local args = { ... }
