@@ -13,28 +13,7 @@ enum AdminScripts {
         local NODES = P .. 'n'
         local FINAL = { succeeded = true, failed = true, skipped = true, cancelled = true }
         """ + "\n" + StoreScripts.nodeFields + """
-        -- `set(node, f1, v1, f2, v2, …)`; `del(node, f1, f2, …)` unsets fields.
-        local function set(node, ...)
-          local args = { ... }
-          local hargs, n, r = {}, 0, nil
-          for j = 1, #args, 2 do
-            local i = RECF[args[j]]
-            if i then
-              if not r then r = record(node) or new_record() end
-              r[i] = args[j + 1]
-            else
-              hargs[n + 1] = node .. '.' .. args[j]
-              hargs[n + 2] = args[j + 1]
-              n = n + 2
-            end
-          end
-          if r then
-            hargs[n + 1] = node
-            hargs[n + 2] = table.concat(r, '|', 1, 10)
-            n = n + 2
-          end
-          redis.call('HSET', NODES, unpack(hargs, 1, n))
-        end
+        -- `del(node, f1, f2, …)` unsets fields.
         local function del(node, ...)
           local names = { ... }
           local other, r = {}, nil

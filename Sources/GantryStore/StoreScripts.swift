@@ -46,8 +46,8 @@ import GantryRedis
 /// Run states: `running succeeded failed cancelled`.
 enum StoreScripts {
     /// Reading and writing a node's fields in the run's node hash `NODES`: `record(node)` (the
-    /// record's fields as a table), `new_record()`, `mget(node, f…)` and `get(node, f)`. The
-    /// script declares `NODES` first.
+    /// record's fields as a table), `new_record()`, `mget(node, f…)`, `get(node, f)` and
+    /// `set(node, f1, v1, …)`. The script declares `NODES` first.
     static let nodeFields = """
         -- Node fields. Those of the record (field `<node>`) are read and written through it.
         local RECF = { s = 1, e = 2, a = 3, q = 4, l = 5, st = 6, fin = 7, sz = 8, out = 9, o = 10 }
@@ -82,6 +82,28 @@ enum StoreScripts {
           return out
         end
         local function get(node, f) return mget(node, f)[1] end
+        -- `set(node, f1, v1, f2, v2, …)`.
+        local function set(node, ...)
+          local args = { ... }
+          local hargs, n, r = {}, 0, nil
+          for j = 1, #args, 2 do
+            local i = RECF[args[j]]
+            if i then
+              if not r then r = record(node) or new_record() end
+              r[i] = args[j + 1]
+            else
+              hargs[n + 1] = node .. '.' .. args[j]
+              hargs[n + 2] = args[j + 1]
+              n = n + 2
+            end
+          end
+          if r then
+            hargs[n + 1] = node
+            hargs[n + 2] = table.concat(r, '|', 1, 10)
+            n = n + 2
+          end
+          redis.call('HSET', NODES, unpack(hargs, 1, n))
+        end
 
         """
 
@@ -115,28 +137,6 @@ enum StoreScripts {
         end
         if KEYS[1] then use_run(KEYS[1]) end
         """ + "\n" + nodeFields + """
-        -- `set(node, f1, v1, f2, v2, …)`.
-        local function set(node, ...)
-          local args = { ... }
-          local hargs, n, r = {}, 0, nil
-          for j = 1, #args, 2 do
-            local i = RECF[args[j]]
-            if i then
-              if not r then r = record(node) or new_record() end
-              r[i] = args[j + 1]
-            else
-              hargs[n + 1] = node .. '.' .. args[j]
-              hargs[n + 2] = args[j + 1]
-              n = n + 2
-            end
-          end
-          if r then
-            hargs[n + 1] = node
-            hargs[n + 2] = table.concat(r, '|', 1, 10)
-            n = n + 2
-          end
-          redis.call('HSET', NODES, unpack(hargs, 1, n))
-        end
         -- `HSET key` with the first `n` of `args` (field, value, …), a few thousand at a time.
         local function hset_many(key, args, n)
           for i = 1, n, 4000 do redis.call('HSET', key, unpack(args, i, math.min(n, i + 3999))) end
