@@ -116,12 +116,7 @@ struct MemoryBreakdown {
     init?(pid: Int32) {
         guard let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
               let rollup = try? String(contentsOfFile: "/proc/\(pid)/smaps_rollup", encoding: .utf8) else { return nil }
-        func bytes(_ name: String, in text: String) -> Int? {
-            text.split(separator: "\n").first { $0.hasPrefix(name) }
-                .flatMap { $0.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first }
-                .flatMap { Int($0) }
-                .map { $0 * 1024 }
-        }
+        func bytes(_ name: String, in text: String) -> Int? { ChildProcess.kibibytes(name, in: text).map { $0 * 1024 } }
         guard let file = bytes("RssFile:", in: status), let anon = bytes("RssAnon:", in: status),
               let pss = bytes("Pss:", in: rollup), let clean = bytes("Private_Clean:", in: rollup),
               let dirty = bytes("Private_Dirty:", in: rollup) else { return nil }

@@ -130,14 +130,16 @@ public final class ChildProcess: Sendable {
 
     /// ``memory`` of any process by pid (a pool child, say).
     public static func memory(of pid: Int32) -> (rss: Int, peak: Int)? {
-        guard let text = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8) else { return nil }
-        func kibibytes(_ name: String) -> Int? {
-            text.split(separator: "\n").first { $0.hasPrefix(name) }
-                .flatMap { $0.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first }
-                .flatMap { Int($0) }
-        }
-        guard let rss = kibibytes("VmRSS:"), let peak = kibibytes("VmHWM:") else { return nil }
+        guard let text = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
+              let rss = kibibytes("VmRSS:", in: text), let peak = kibibytes("VmHWM:", in: text) else { return nil }
         return (rss * 1024, peak * 1024)
+    }
+
+    /// The number of a `Name:   1234 kB` line of a `/proc` file's text (`status`, `smaps_rollup`).
+    public static func kibibytes(_ name: String, in text: String) -> Int? {
+        text.split(separator: "\n").first { $0.hasPrefix(name) }
+            .flatMap { $0.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first }
+            .flatMap { Int($0) }
     }
 
     private func reap() {

@@ -465,11 +465,10 @@ public final class Worker: Service, Sendable {
         var local: [TaskDispatcher.PreparedTask] = []
         var remote: [TaskDispatcher.PreparedTask] = []
         if configuration.localContinuation {
-            let runsHere = { (task: TaskDispatcher.PreparedTask) in self.consumedQueues.contains(task.queue) && self.registry[task.envelope.task] != nil }
-            let runnable = unleased.filter(runsHere)
+            let runnable = unleased.filter { runsHere(queue: $0.queue, task: $0.envelope.task) }
             let slots = reserveSlots(runnable.count)
             local = Array(runnable.prefix(slots))
-            remote = Array(runnable.dropFirst(slots)) + unleased.filter { !runsHere($0) }
+            remote = Array(runnable.dropFirst(slots)) + unleased.filter { !runsHere(queue: $0.queue, task: $0.envelope.task) }
         } else {
             remote = unleased
         }
@@ -491,12 +490,18 @@ public final class Worker: Service, Sendable {
     /// or as many as are free when one of them fans out). Nil when none can.
     private func leaseToTake(after stage: StageSpec, of run: RunID) async -> (lease: RedisStateStore.ReadyLease, reserved: Int)? {
         guard configuration.localContinuation, let dependents = try? await dispatcher.dependents(of: stage.name, in: run) else { return nil }
-        let runnable = dependents.filter { consumedQueues.contains($0.queue) && registry[$0.task] != nil }
+        let runnable = dependents.filter { runsHere(queue: $0.queue, task: $0.task) }
         guard !runnable.isEmpty else { return nil }
         let wanted = runnable.contains { $0.map != nil } ? configuration.concurrency : runnable.count
         let reserved = reserveSlots(wanted)
         guard reserved > 0 else { return nil }
         return (RedisStateStore.ReadyLease(limit: reserved, stages: runnable.map(\.name), lease: configuration.lease), reserved)
+    }
+
+    /// Whether a stage on `queue` running `task` can be continued here: this worker consumes the
+    /// queue and has the task.
+    private func runsHere(queue: String, task: String) -> Bool {
+        consumedQueues.contains(queue) && registry[task] != nil
     }
 
     /// Takes up to `count` free slots while in-flight tasks are below
