@@ -20,7 +20,9 @@ struct KafkaTransportBenchmark: AsyncParsableCommand {
             an ack per delivery) and kcat (-P from a file, then -C -o beginning -e). Rates are \
             records over the sum of both phases. Gantry's consume phase is timed from the first \
             delivery, excluding the consumer group join (the dev broker waits 3 s before a new \
-            group's first assignment), which kcat's assign-mode consumer does not do.
+            group's first assignment), which kcat's assign-mode consumer does not do. kcat's \
+            phases are timed without its start-up: each is the run's time minus the time of the \
+            same phase for one record on the same topic (reported as kcat_startup_*).
             """
     )
 
@@ -28,7 +30,7 @@ struct KafkaTransportBenchmark: AsyncParsableCommand {
     var brokers = ProcessInfo.processInfo.environment["GANTRY_KAFKA_BROKERS"] ?? "127.0.0.1:9092"
 
     @Option(help: "Records with a 64-byte payload.")
-    var smallCount = 50_000
+    var smallCount = 300_000
 
     @Option(help: "Records with a 4 KiB payload.")
     var largeCount = 10_000
@@ -58,7 +60,7 @@ struct KafkaTransportBenchmark: AsyncParsableCommand {
         guard rounds >= 1 else { throw ValidationError("rounds must be at least 1") }
         for (size, count) in [(64, smallCount), (4096, largeCount)] {
             var gantry = (publish: Double.infinity, consume: Double.infinity, join: 0.0)
-            var raw = (produce: Double.infinity, consume: Double.infinity)
+            var raw = (produce: Double.infinity, consume: Double.infinity, startup: (produce: 0.0, consume: 0.0))
             // The machine is shared: alternating rounds and keeping each side's best round
             // compares the two under the same conditions rather than one unlucky moment.
             for _ in 0..<rounds {
@@ -88,6 +90,8 @@ struct KafkaTransportBenchmark: AsyncParsableCommand {
                 "kcat_produce_per_s": .int(Int64(Double(count) / raw.produce)),
                 "kcat_consume_per_s": .int(Int64(Double(count) / raw.consume)),
                 "kcat_per_s": .int(Int64(rawRate)),
+                "kcat_startup_produce_s": .double(Self.rounded(raw.startup.produce)),
+                "kcat_startup_consume_s": .double(Self.rounded(raw.startup.consume)),
                 "ratio": .double(Self.rounded(ratio)),
             ]
             print(JSONValue.object(report).jsonString)
@@ -111,6 +115,8 @@ struct KafkaTransportBenchmark: AsyncParsableCommand {
         configuration.prefetchBytes = prefetchBytes
         configuration.consumerProperties["session.timeout.ms"] = "6000"
         configuration.consumerProperties["heartbeat.interval.ms"] = "500"
+        for (k, v) in ProcessInfo.processInfo.environment where k.hasPrefix("DBGP_") { configuration.producerProperties[String(k.dropFirst(5)).replacingOccurrences(of: "_", with: ".")] = v }
+        for (k, v) in ProcessInfo.processInfo.environment where k.hasPrefix("DBGC_") { configuration.consumerProperties[String(k.dropFirst(5)).replacingOccurrences(of: "_", with: ".")] = v }
         let transport = try KafkaTransport(configuration: configuration, logger: Logger(label: "gantry.bench.kafka"))
         try await transport.declare(queues: [queue])
         let keys = Self.balancedKeys(partitions: partitions)
@@ -165,14 +171,31 @@ struct KafkaTransportBenchmark: AsyncParsableCommand {
 
     // MARK: kcat
 
-    private func measureKcat(size: Int, count: Int) async throws -> (produce: Double, consume: Double) {
+    /// kcat's produce and consume phases without its start-up (process start, connection,
+    /// metadata, offset lookup: what Gantry's measured phases do not include either).
+    ///
+    /// On one topic: `kcat -P` of one record, then of `count` records; `kcat -C` of one record,
+    /// then of `count`. Each phase is the large run's time minus the one-record run's, so the
+    /// topic exists and is known to the broker for both, and only the records make the
+    /// difference.
+    private func measureKcat(size: Int, count: Int) async throws -> (produce: Double, consume: Double, startup: (produce: Double, consume: Double)) {
         let tag = UUID().uuidString.prefix(8).lowercased()
         let topic = "gantry-bench-kcat-\(size)-\(tag)"
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("gantry-bench-\(tag)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: directory) }
 
-        // One `key:value` line per record, with the same keys and payload size as Gantry's.
+        let startupProduce = try await kcatProduce(size: size, count: 1, topic: topic, directory: directory)
+        let produce = try await kcatProduce(size: size, count: count, topic: topic, directory: directory)
+        let startupConsume = try await kcatConsume(count: 1, topic: topic, directory: directory)
+        let consume = try await kcatConsume(count: count, topic: topic, directory: directory)
+        // A floor of a millisecond keeps a slow start-up run from making a phase take no time.
+        return (max(produce - startupProduce, 0.001), max(consume - startupConsume, 0.001), (startupProduce, startupConsume))
+    }
+
+    /// Seconds of `kcat -P` storing `count` records in `topic`, with the same keys and payload
+    /// size as Gantry's (one `key:value` line per record).
+    private func kcatProduce(size: Int, count: Int, topic: String, directory: URL) async throws -> Double {
         let keys = Self.balancedKeys(partitions: partitions)
         let value = String(repeating: "x", count: size)
         var input = ""
@@ -183,21 +206,24 @@ struct KafkaTransportBenchmark: AsyncParsableCommand {
             input += value
             input += "\n"
         }
-        let inputURL = directory.appendingPathComponent("records")
+        let inputURL = directory.appendingPathComponent("records-\(count)")
         try Data(input.utf8).write(to: inputURL)
-        let outputURL = directory.appendingPathComponent("offsets")
-
-        let produce = try await Self.run(kcat, [
+        return try await Self.run(kcat, [
             "-P", "-b", brokers, "-t", topic, "-K", ":", "-X", "enable.idempotence=true", "-q", "-l", inputURL.path,
         ])
-        let consume = try await Self.run(kcat, [
+    }
+
+    /// Seconds of `kcat -C` reading the first `count` records of `topic`.
+    private func kcatConsume(count: Int, topic: String, directory: URL) async throws -> Double {
+        let outputURL = directory.appendingPathComponent("offsets-\(count)")
+        let seconds = try await Self.run(kcat, [
             "-C", "-b", brokers, "-t", topic, "-o", "beginning", "-e", "-c", String(count), "-q", "-f", "%p %o\\n",
         ], output: outputURL)
         let lines = try String(contentsOf: outputURL, encoding: .utf8).split(separator: "\n")
         guard lines.count == count else {
             throw GantryError(.commandFailed, "kcat consumed \(lines.count) of \(count) records from \(topic)")
         }
-        return (produce, consume)
+        return seconds
     }
 
     /// Runs `executable` to its end without blocking a thread of the cooperative pool; returns

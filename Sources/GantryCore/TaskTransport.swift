@@ -71,12 +71,24 @@ public struct DeliveryToken: Sendable, Hashable {
 /// consumer, and whatever it had not settled is delivered again to another consumer.
 public struct DeliveryStream: AsyncSequence, Sendable {
     public typealias Element = Delivery
-    private let stream: AsyncThrowingStream<Delivery, any Error>
+    private let backing: Backing
     private let stop: @Sendable () -> Void
+
+    private enum Backing: Sendable {
+        case stream(AsyncThrowingStream<Delivery, any Error>)
+        case source(any DeliverySource)
+    }
 
     /// Wraps a stream fed by a transport; `stopIntake` ends it without abandoning what it delivered.
     public init(_ stream: AsyncThrowingStream<Delivery, any Error>, stopIntake: @escaping @Sendable () -> Void) {
-        self.stream = stream
+        self.backing = .stream(stream)
+        self.stop = stopIntake
+    }
+
+    /// A stream that asks `source` for each delivery: for transports that hand deliveries out
+    /// on demand, without a stream's buffer and per-element generic machinery in between.
+    public init(source: any DeliverySource, stopIntake: @escaping @Sendable () -> Void) {
+        self.backing = .source(source)
         self.stop = stopIntake
     }
 
@@ -87,9 +99,51 @@ public struct DeliveryStream: AsyncSequence, Sendable {
         stop()
     }
 
-    public func makeAsyncIterator() -> AsyncThrowingStream<Delivery, any Error>.AsyncIterator {
-        stream.makeAsyncIterator()
+    public func makeAsyncIterator() -> AsyncIterator {
+        switch backing {
+        case .stream(let stream): AsyncIterator(backing: .stream(stream.makeAsyncIterator()))
+        case .source(let source): AsyncIterator(backing: .source(source))
+        }
     }
+
+    public struct AsyncIterator: AsyncIteratorProtocol {
+        fileprivate enum Backing {
+            case stream(AsyncThrowingStream<Delivery, any Error>.AsyncIterator)
+            case source(any DeliverySource)
+            case finished
+        }
+
+        fileprivate var backing: Backing
+
+        public mutating func next() async throws -> Delivery? {
+            switch backing {
+            case .stream(var iterator):
+                // Moved out while it runs, so that the enum does not hold a second reference.
+                backing = .finished
+                defer { backing = .stream(iterator) }
+                return try await iterator.next()
+            case .source(let source):
+                do {
+                    if let delivery = try await source.next() { return delivery }
+                } catch {
+                    backing = .finished
+                    throw error
+                }
+                backing = .finished
+                return nil
+            case .finished:
+                return nil
+            }
+        }
+    }
+}
+
+/// Where a ``DeliveryStream`` made with ``DeliveryStream/init(source:stopIntake:)`` gets its
+/// deliveries.
+public protocol DeliverySource: AnyObject, Sendable {
+    /// The next delivery, waiting for one if needed; nil when the stream ends. Called by one
+    /// task at a time; not called again after it returned nil or threw.
+    func next() async throws -> Delivery?
 }
 
 /// How tasks travel between producers, coordinators and workers: Kafka, RabbitMQ, or memory.

@@ -140,6 +140,14 @@ public struct KafkaTransportConfiguration: Sendable, Equatable {
             // librdkafka wants fetch.max.bytes >= message.max.bytes (default 1,000,000).
             configuration.properties["fetch.max.bytes"] = String(max(prefetchBytes / 2, 1 << 20))
         }
+        if configuration.properties["queued.min.messages"] == nil {
+            // librdkafka stops fetching for a fixed second (2.0 has no fetch.queue.backoff.ms)
+            // once its own queue holds this many records, which its default of 100,000 small
+            // records reach within a fraction of a second of a backlog. The prefetch limit above
+            // bounds what is fetched ahead; librdkafka's byte limit (queued.max.messages.kbytes)
+            // stays as the last resort.
+            configuration.properties["queued.min.messages"] = "10000000"
+        }
         return configuration
     }
 }

@@ -19,9 +19,10 @@ extension KafkaTransportConsumer {
             self.partition = partition
         }
 
-        mutating func append(_ delivery: Delivery) {
+        /// Adds a delivery, moved in rather than copied.
+        mutating func append(_ delivery: consuming Delivery) {
             bytes += FetchedRun.size(of: delivery)
-            deliveries.append(delivery)
+            deliveries.append(consume delivery)
         }
 
         /// What a ready record counts against the prefetch limit: its key and value, plus a

@@ -93,13 +93,7 @@ final class KafkaTransportConsumer: Sendable {
         let handle = StreamHandle(consumer: self)
         // Pull-based: a record is handed out only when the application asks for one, so credit
         // and revocations apply up to the last moment.
-        return DeliveryStream(AsyncThrowingStream(unfolding: {
-            switch try handle.consumer.nextNow() {
-            case .delivery(let delivery): return delivery
-            case .end: return nil
-            case .wait: return try await handle.consumer.waitForNext()
-            }
-        })) { [self] in
+        return DeliveryStream(source: handle) { [self] in
             self.stopIntake()
         }
     }
@@ -369,11 +363,19 @@ private final class EventInbox: KafkaConsumerSink {
 /// Held by the application's stream and nothing else: when the stream and its iterators are
 /// gone, so is this, and the consumer stops instead of holding its partitions and threads
 /// forever.
-private final class StreamHandle: Sendable {
+private final class StreamHandle: DeliverySource {
     let consumer: KafkaTransportConsumer
 
     init(consumer: KafkaTransportConsumer) {
         self.consumer = consumer
+    }
+
+    func next() async throws -> Delivery? {
+        switch try consumer.nextNow() {
+        case .delivery(let delivery): return delivery
+        case .end: return nil
+        case .wait: return try await consumer.waitForNext()
+        }
     }
 
     deinit {

@@ -171,4 +171,20 @@ struct KafkaTransportBookkeepingTests {
         #expect(state.batches.isEmpty)
         #expect(state.inFlight == 0)
     }
+
+    @Test("consumers fetch ahead up to the prefetch limit, not librdkafka's record-count limit, unless told otherwise")
+    func consumerFetchLimits() {
+        var configuration = KafkaTransportConfiguration(groupID: "bookkeeping")
+        configuration.prefetchBytes = 8 << 20
+        let derived = configuration.consumerKafkaConfiguration.properties
+        #expect(derived["fetch.max.bytes"] == String(4 << 20))
+        // librdkafka's default of 100,000 queued records stops fetching for a second.
+        #expect(Int(derived["queued.min.messages"] ?? "") ?? 0 >= 1_000_000)
+
+        configuration.consumerProperties["queued.min.messages"] = "5000"
+        configuration.consumerProperties["fetch.max.bytes"] = "2000000"
+        let chosen = configuration.consumerKafkaConfiguration.properties
+        #expect(chosen["queued.min.messages"] == "5000")
+        #expect(chosen["fetch.max.bytes"] == "2000000")
+    }
 }
