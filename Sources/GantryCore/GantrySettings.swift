@@ -25,6 +25,7 @@ import Yams
 ///   max_result_bytes: 1048576            # larger results are refused
 ///   max_input_bytes: 1048576             # larger run inputs are refused
 ///   max_lost_leases: 3                   # a task whose worker dies this often is poison
+///   batches_in_flight: 2                 # claim / commit batches in flight to Redis at once
 /// worker:
 ///   queues: [default]                    # queues to consume
 ///   concurrency: 64                      # tasks in flight (and broker credit)
@@ -85,6 +86,7 @@ public struct GantrySettings: Sendable {
         "broker.kafka_properties": .object([:]), "broker.queue_prefix": "gantry.",
         "store.namespace": "gantry", "store.result_ttl": "7d", "store.retention": "7d", "store.queue_visibility": "2m",
         "store.max_result_bytes": 1_048_576, "store.max_input_bytes": 1_048_576, "store.max_lost_leases": 3,
+        "store.batches_in_flight": 2,
         "worker.queues": .array(["default"]), "worker.concurrency": 64, "worker.lease": "30s", "worker.renew_interval": "10s",
         "worker.drain_timeout": "20s", "worker.max_payload_bytes": 16_777_216, "worker.task_limits": .object([:]),
         "worker.local_continuation": true,

@@ -46,7 +46,7 @@ public final class RedisStateStore: Sendable {
     public init(client: RedisClient, configuration: StoreConfiguration = StoreConfiguration()) {
         self.client = client
         self.configuration = configuration
-        let batches = max(2, client.configuration.poolSize)
+        let batches = max(1, configuration.batchesInFlight)
         claims = Coalescer(maxBatch: 1024, maxConcurrentBatches: batches)
         commits = Coalescer(maxBatch: 1024, maxConcurrentBatches: batches)
     }

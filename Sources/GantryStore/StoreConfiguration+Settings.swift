@@ -11,8 +11,12 @@ extension StoreConfiguration {
             queueVisibility: try settings.duration("store.queue_visibility"),
             maxResultBytes: try settings.int("store.max_result_bytes"),
             maxInputBytes: try settings.int("store.max_input_bytes"),
-            maxLostLeases: try settings.int("store.max_lost_leases")
+            maxLostLeases: try settings.int("store.max_lost_leases"),
+            batchesInFlight: try settings.int("store.batches_in_flight")
         )
+        guard batchesInFlight >= 1 else {
+            throw GantryError(.configuration, "setting 'store.batches_in_flight' (from \(settings.source(of: "store.batches_in_flight"))) must be at least 1, got \(batchesInFlight)")
+        }
     }
 }
 

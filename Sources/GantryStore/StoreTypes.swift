@@ -21,6 +21,12 @@ public struct StoreConfiguration: Sendable, Hashable {
     public var maxLostLeases: Int
     /// How long an idempotency key maps to its run. Default 24 hours.
     public var idempotencyTTL: Duration
+    /// How many batches of claims, and of commits, may be in flight to Redis at once. A claim
+    /// or commit that finds one free goes at once; the ones that come while all are busy go
+    /// together in the next batch. Fewer means larger batches under load (each script call and
+    /// round trip costs Redis far more than one more item in it), more means less waiting.
+    /// Default 2.
+    public var batchesInFlight: Int
 
     /// The defaults listed on each property.
     public init(
@@ -31,7 +37,8 @@ public struct StoreConfiguration: Sendable, Hashable {
         maxResultBytes: Int = 1 << 20,
         maxInputBytes: Int = 1 << 20,
         maxLostLeases: Int = 3,
-        idempotencyTTL: Duration = .seconds(86_400)
+        idempotencyTTL: Duration = .seconds(86_400),
+        batchesInFlight: Int = 2
     ) {
         self.namespace = namespace
         self.resultTTL = resultTTL
@@ -41,6 +48,7 @@ public struct StoreConfiguration: Sendable, Hashable {
         self.maxInputBytes = maxInputBytes
         self.maxLostLeases = maxLostLeases
         self.idempotencyTTL = idempotencyTTL
+        self.batchesInFlight = batchesInFlight
     }
 }
 

@@ -200,12 +200,8 @@ public final class Worker: Service, Sendable {
     /// Claims and runs one task, records its outcome and settles its origin; returns the stages
     /// to continue with here.
     private func attempt(_ envelope: TaskEnvelope, origin: Origin, known: [StageName: [UInt8]], leased: Bool) async -> [Continuation] {
-        var log = logger
-        log[metadataKey: "run"] = .string(envelope.runID.rawValue)
-        log[metadataKey: "node"] = .string(envelope.node.description)
-        log[metadataKey: "stage"] = .string(envelope.node.stage.rawValue)
-        log[metadataKey: "attempt"] = .stringConvertible(envelope.attempt)
-        log[metadataKey: "trace"] = .string(TraceContext.traceID(traceParent: envelope.traceParent, run: envelope.runID))
+        // Built only when something is logged: most attempts log nothing.
+        let log = AttemptLog(base: logger, envelope: envelope)
         WorkerMetrics.received(envelope.task, origin.queue)
 
         let claim: ClaimOutcome
@@ -239,7 +235,7 @@ public final class Worker: Service, Sendable {
     }
 
     private func runAttempt(
-        _ envelope: TaskEnvelope, epoch: UInt64, attempt: UInt32, origin: Origin, known: [StageName: [UInt8]], log: Logger
+        _ envelope: TaskEnvelope, epoch: UInt64, attempt: UInt32, origin: Origin, known: [StageName: [UInt8]], log: AttemptLog
     ) async -> [Continuation] {
         let owner = configuration.workerID
         let run = envelope.runID
@@ -559,5 +555,40 @@ public final class Worker: Service, Sendable {
             WorkerMetrics.brokerError("settle")
             logger.warning("could not settle a delivery from \(delivery.queue): \(error)")
         }
+    }
+}
+
+/// A task attempt's logger, with the run, node, stage, attempt and trace id as metadata; made
+/// when first used, so that an attempt that logs nothing pays nothing for it.
+private struct AttemptLog {
+    let base: Logger
+    let envelope: TaskEnvelope
+
+    private var logger: Logger {
+        var log = base
+        log[metadataKey: "run"] = .string(envelope.runID.rawValue)
+        log[metadataKey: "node"] = .string(envelope.node.description)
+        log[metadataKey: "stage"] = .string(envelope.node.stage.rawValue)
+        log[metadataKey: "attempt"] = .stringConvertible(envelope.attempt)
+        log[metadataKey: "trace"] = .string(TraceContext.traceID(traceParent: envelope.traceParent, run: envelope.runID))
+        return log
+    }
+
+    func debug(_ message: @autoclosure () -> Logger.Message) {
+        guard base.logLevel <= .debug else { return }
+        logger.debug(message())
+    }
+
+    func info(_ message: @autoclosure () -> Logger.Message) {
+        guard base.logLevel <= .info else { return }
+        logger.info(message())
+    }
+
+    func warning(_ message: @autoclosure () -> Logger.Message) {
+        logger.warning(message())
+    }
+
+    func error(_ message: @autoclosure () -> Logger.Message) {
+        logger.error(message())
     }
 }
