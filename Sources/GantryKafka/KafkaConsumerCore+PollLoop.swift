@@ -166,20 +166,8 @@ extension KafkaConsumerCore {
     private static func record(from message: UnsafePointer<rd_kafka_message_t>, topic: String) -> KafkaRecord {
         let m = message.pointee
         var headers: [KafkaHeader] = []
-        var cHeaders: OpaquePointer?
-        // The headers stay owned by the message.
-        if rd_kafka_message_headers(message, &cHeaders) == RD_KAFKA_RESP_ERR_NO_ERROR, let cHeaders {
-            let count = rd_kafka_header_cnt(cHeaders)
-            headers.reserveCapacity(count)
-            for index in 0..<count {
-                var name: UnsafePointer<CChar>?
-                var value: UnsafeRawPointer?
-                var size = 0
-                guard rd_kafka_header_get_all(cHeaders, index, &name, &value, &size) == RD_KAFKA_RESP_ERR_NO_ERROR,
-                    let name
-                else { continue }
-                headers.append(KafkaHeader(key: String(cString: name), value: value == nil ? nil : kafkaBytes(value, size)))
-            }
+        forEachKafkaHeader(of: message, count: { headers.reserveCapacity($0) }) { name, value, size in
+            headers.append(KafkaHeader(key: String(cString: name), value: value == nil ? nil : kafkaBytes(value, size)))
         }
         var timestampType = RD_KAFKA_TIMESTAMP_NOT_AVAILABLE
         let timestamp = rd_kafka_message_timestamp(message, &timestampType)

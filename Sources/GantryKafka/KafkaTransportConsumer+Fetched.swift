@@ -73,24 +73,14 @@ extension KafkaTransportConsumer {
             let record = message.pointee
             var headers: [String: String] = [:]
             var redelivered = false
-            var cHeaders: OpaquePointer?
-            // The headers stay owned by the message.
-            if rd_kafka_message_headers(message, &cHeaders) == RD_KAFKA_RESP_ERR_NO_ERROR, let cHeaders {
-                for index in 0..<rd_kafka_header_cnt(cHeaders) {
-                    var name: UnsafePointer<CChar>?
-                    var value: UnsafeRawPointer?
-                    var size = 0
-                    guard rd_kafka_header_get_all(cHeaders, index, &name, &value, &size) == RD_KAFKA_RESP_ERR_NO_ERROR,
-                        let name
-                    else { continue }
-                    let key = String(cString: name)
-                    if key == KafkaTransport.redeliveredHeader {
-                        redelivered = true
-                        continue
-                    }
-                    // Kafka allows a name twice; the last one wins, as in an AMQP table.
-                    headers[key] = value.map { String(decoding: UnsafeRawBufferPointer(start: $0, count: size), as: UTF8.self) } ?? ""
+            forEachKafkaHeader(of: message) { name, value, size in
+                let key = String(cString: name)
+                if key == KafkaTransport.redeliveredHeader {
+                    redelivered = true
+                    return
                 }
+                // Kafka allows a name twice; the last one wins, as in an AMQP table.
+                headers[key] = value.map { String(decoding: UnsafeRawBufferPointer(start: $0, count: size), as: UTF8.self) } ?? ""
             }
             return Delivery(
                 body: kafkaBytes(record.payload, record.len), queue: queue,

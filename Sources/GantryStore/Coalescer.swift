@@ -48,11 +48,7 @@ final class Coalescer<Request: Sendable, Response: Sendable>: Sendable {
         }
         if alone {
             defer { leaveSlot(execute) }
-            let responses = try await execute([request])
-            guard let response = responses.first, responses.count == 1 else {
-                throw GantryError(.protocolError, "a batch of 1 request returned \(responses.count) responses")
-            }
-            return response
+            return try Self.checked(try await execute([request]), count: 1)[0]
         }
         return try await withCheckedThrowingContinuation { continuation in
             let startsBatch = state.withLock { state in
@@ -77,6 +73,14 @@ final class Coalescer<Request: Sendable, Response: Sendable>: Sendable {
         if more { Task { await self.drain(execute) } }
     }
 
+    /// `responses`, when there is one per request of a batch of `count`.
+    private static func checked(_ responses: [Response], count: Int) throws -> [Response] {
+        guard responses.count == count else {
+            throw GantryError(.protocolError, "a batch of \(count) requests returned \(responses.count) responses")
+        }
+        return responses
+    }
+
     /// Runs batches until nothing is pending.
     private func drain(_ execute: Execute) async {
         while true {
@@ -92,10 +96,7 @@ final class Coalescer<Request: Sendable, Response: Sendable>: Sendable {
             }
             guard let batch else { return }
             do {
-                let responses = try await execute(batch.map(\.request))
-                guard responses.count == batch.count else {
-                    throw GantryError(.protocolError, "a batch of \(batch.count) requests returned \(responses.count) responses")
-                }
+                let responses = try Self.checked(try await execute(batch.map(\.request)), count: batch.count)
                 for (pending, response) in zip(batch, responses) { pending.continuation.resume(returning: response) }
             } catch {
                 for pending in batch { pending.continuation.resume(throwing: error) }
