@@ -270,6 +270,10 @@ public final class AMQPClient: Sendable {
     /// Acknowledges a delivery (with `multiple`, every unsettled one up to and including it;
     /// tag 0 with `multiple` means all).
     ///
+    /// Returns once the connection thread has accepted the ack; a single ack is written together
+    /// with the others accepted in the same pass of that thread, before it waits again. If the
+    /// connection fails first, the broker requeues the delivery, as for any unacked one.
+    ///
     /// - Throws: `.invalidArgument` for a tag that is not an unsettled delivery of this client,
     ///   without sending it (RabbitMQ would close the channel over it).
     public func ack(deliveryTag: UInt64, multiple: Bool = false) async throws {

@@ -1,6 +1,12 @@
 import CRabbitMQ
 import GantryCore
 
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
 /// A consumer registered on channel 2.
 struct ConsumerRecord {
     var queue: String
@@ -103,19 +109,80 @@ extension AMQPConnection {
     ///
     /// Checks the tag first: settling an unknown tag makes RabbitMQ close channel 2
     /// (406 PRECONDITION_FAILED), which would fail every consumer on the connection.
+    ///
+    /// A single ack is only recorded here and written by ``flushAcks()`` once the commands
+    /// queued beside it have run, so that acks arriving together cost one write (and, where
+    /// the tags allow, one multiple-ack). Anything else first flushes the acks recorded before it.
     func settle(_ settlement: Settlement, deliveryTag: UInt64, multiple: Bool) throws(GantryError) {
-        let settled: [UInt64]
         if multiple && deliveryTag == 0 {
-            settled = Array(unacknowledged)
-        } else {
-            guard unacknowledged.contains(deliveryTag) else {
-                throw GantryError(
-                    .invalidArgument,
-                    "\(settlement.methodName) of delivery tag \(deliveryTag): no such unsettled delivery on this connection (already settled, or delivered by an earlier connection whose deliveries the broker has requeued)"
-                )
-            }
-            settled = multiple ? unacknowledged.filter { $0 <= deliveryTag } : [deliveryTag]
+            flushAcks()
+            try send(settlement, deliveryTag: deliveryTag, multiple: true)
+            unacknowledged.removeAll()
+            return
         }
+        guard unacknowledged.contains(deliveryTag) else {
+            throw GantryError(
+                .invalidArgument,
+                "\(settlement.methodName) of delivery tag \(deliveryTag): no such unsettled delivery on this connection (already settled, or delivered by an earlier connection whose deliveries the broker has requeued)"
+            )
+        }
+        if case .ack = settlement, !multiple {
+            unacknowledged.remove(deliveryTag)
+            pendingAcks.append(deliveryTag)
+            return
+        }
+        flushAcks()
+        try send(settlement, deliveryTag: deliveryTag, multiple: multiple)
+        if multiple {
+            unacknowledged = unacknowledged.filter { $0 > deliveryTag }
+        } else {
+            unacknowledged.remove(deliveryTag)
+        }
+    }
+
+    /// Writes the acks ``settle(_:deliveryTag:multiple:)`` recorded: one multiple-ack for those
+    /// below every delivery still unsettled, one basic.ack each for the rest, in one TCP segment
+    /// where they fit. Called after each batch of commands and before a close.
+    func flushAcks() {
+        guard !pendingAcks.isEmpty else { return }
+        defer { pendingAcks.removeAll(keepingCapacity: true) }
+        // A failed connection is being torn down: the broker requeues what was never acked.
+        guard failure == nil else { return }
+        pendingAcks.sort()
+        // A multiple-ack of tag T settles every delivery up to T; the ones below the lowest
+        // still-unsettled tag are exactly those, so one frame covers them.
+        let lowestOpen = unacknowledged.min() ?? .max
+        var covered = 0
+        while covered < pendingAcks.count, pendingAcks[covered] < lowestOpen { covered += 1 }
+        let frames = (covered > 1 ? 1 : covered) + pendingAcks.count - covered
+        let fd = amqp_get_sockfd(state)
+        if frames > 1 { setCork(fd, true) }
+        defer { if frames > 1 { setCork(fd, false) } }
+        do throws(GantryError) {
+            if covered > 1 {
+                try send(.ack, deliveryTag: pendingAcks[covered - 1], multiple: true)
+            } else if covered == 1 {
+                try send(.ack, deliveryTag: pendingAcks[0], multiple: false)
+            }
+            for tag in pendingAcks[covered...] {
+                try send(.ack, deliveryTag: tag, multiple: false)
+            }
+        } catch {
+            // `send` failed the connection; its consumers learn it from the teardown.
+        }
+    }
+
+    /// Holds (or releases) partial TCP segments, so frames written one by one leave together.
+    private func setCork(_ fd: Int32, _ on: Bool) {
+        #if os(Linux)
+        guard fd >= 0 else { return }
+        var value: Int32 = on ? 1 : 0
+        _ = setsockopt(fd, Int32(IPPROTO_TCP), TCP_CORK, &value, socklen_t(MemoryLayout<Int32>.size))
+        #endif
+    }
+
+    /// Writes one basic.ack, basic.nack or basic.reject; a failed write fails the connection.
+    private func send(_ settlement: Settlement, deliveryTag: UInt64, multiple: Bool) throws(GantryError) {
         let status: Int32
         switch settlement {
         case .ack:
@@ -130,7 +197,6 @@ extension AMQPConnection {
             fail(error)
             throw error
         }
-        unacknowledged.subtract(settled)
     }
 
     /// Hands a basic.deliver (already read with its content) to its consumer.

@@ -53,6 +53,7 @@ extension AMQPConnection {
                     amqp_maybe_release_buffers(state)
                 }
             }
+            flushAcks()
             if let failure { return tearDown(failure, mailbox) }
             if closeRequested { return shutDown(mailbox) }
             pumpFrames(mailbox)
@@ -219,6 +220,8 @@ extension AMQPConnection {
 
     /// A requested close: commands queued before it already ran; later ones are refused.
     func shutDown(_ mailbox: AMQPMailbox) {
+        // Acks accepted before the close must reach the broker before the channel closes.
+        flushAcks()
         let closed = mailbox.closedError
         for command in mailbox.markClosing() { command.abandon(closed) }
         failPendingConfirms(GantryError(

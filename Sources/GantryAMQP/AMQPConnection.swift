@@ -45,6 +45,8 @@ final class AMQPConnection {
     var prefetchCount: UInt16 = 0
     var consumers: [String: ConsumerRecord] = [:]
     var unacknowledged: Set<UInt64> = []
+    /// Acks accepted by `settle` and not written yet; `flushAcks()` sends them.
+    var pendingAcks: [UInt64] = []
     var blockedReason: String?
 
     init(configuration: AMQPConfiguration, logger: Logger) throws(GantryError) {

@@ -149,6 +149,7 @@ public final class PrivateRabbitMQ: Sendable {
             loopback_users = none
             vm_memory_high_watermark.relative = 0.2
             disk_free_limit.absolute = 50MB
+            classic_queue.default_version = 2
 
             """
         if let tls = options.tls, let tlsPort {

@@ -109,6 +109,43 @@ struct AMQPTests {
         }
     }
 
+    @Test("acks made together, out of order and around an unacked delivery: only that one comes back")
+    func acksMadeTogetherSettleExactlyTheirDeliveries() async throws {
+        let queue = Support.uniqueName("acks")
+        try await Support.withClient(deleting: [queue]) { observer in
+            try await observer.declareQueue(queue)
+            try await observer.confirmSelect()
+            try await observer.publish((0..<40).map { AMQPOutboundMessage(routingKey: queue, body: [UInt8($0)], properties: AMQPProperties(persistent: true)) })
+
+            let client = try await Support.connect(name: "gantry-tests-acks")
+            try await client.qos(prefetchCount: 64)
+            let consumer = try await client.consume(queue: queue)
+            var deliveries: [AMQPDelivery] = []
+            for _ in 0..<40 { deliveries.append(try await Support.nextDelivery(consumer)) }
+            // Everything but message 7, from many tasks at once and in reverse order, so the acks
+            // reach the connection thread together: some below the unacked one, some above it.
+            let kept = deliveries[7]
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for delivery in deliveries.reversed() where delivery.deliveryTag != kept.deliveryTag {
+                    group.addTask { try await client.ack(deliveryTag: delivery.deliveryTag) }
+                }
+                try await group.waitForAll()
+            }
+            // An ack that was accepted counts as settled at once: a second one is refused.
+            await #expect(throws: GantryError.self) { try await client.ack(deliveryTag: deliveries[3].deliveryTag) }
+            await client.close()
+
+            let again = try await observer.consume(queue: queue)
+            let back = try await Support.nextDelivery(again, "the one unacked delivery")
+            #expect(back.body == kept.body)
+            #expect(back.redelivered)
+            try await observer.ack(deliveryTag: back.deliveryTag)
+            try await again.cancel()
+            // The 39 acked messages did not come back.
+            #expect(try await observer.queueDepth(queue) == 0)
+        }
+    }
+
     @Test("reject without requeue lands the message in the dead-letter queue")
     func rejectDeadLetters() async throws {
         let queue = Support.uniqueName("work")
