@@ -518,6 +518,9 @@ enum StoreScripts {
           -- Writes gathered for the group, stages finished and refused commits not yet counted.
           local writes, wn, results, rn, timers, tn = {}, 0, {}, 0, {}, 0
           local settled, stale, committed, any = 0, 0, {}, false
+          -- Mapped stages of this group's elements: { state, next element, elements }, read once.
+          -- Dropped whenever a stage may have moved on (settle, run completion).
+          local mapped = {}
           local function write_gathered()
             if wn > 0 then hset_many(NODES, writes, wn) end
             if rn > 0 then hset_many(P .. 'r', results, rn) end
@@ -559,30 +562,40 @@ enum StoreScripts {
               if rs == 'running' then
                 local stage, idx = stage_of(node)
                 local k = 1
-                if idx or deps ~= '' then
+                if idx then
+                  -- An element: its own write can wait with the others (releasing the next
+                  -- element writes only that element); settling its stage reads node state and
+                  -- results, so everything gathered is written first.
+                  k = 0
+                  local sv = mapped[stage]
+                  if not sv then
+                    sv = mget(stage, 's', 'nx', 'N')
+                    sv[2], sv[3] = tonumber(sv[2]), tonumber(sv[3])
+                    mapped[stage] = sv
+                  end
+                  if sv[1] == 'running' then
+                    if sv[2] < sv[3] then
+                      set(stage, 'nx', sv[2] + 1)
+                      new_element(stage, sv[2], clock, vis, out)
+                      sv[2] = sv[2] + 1
+                    end
+                    if redis.call('HINCRBY', NODES, stage .. '.left', -1) == 0 then
+                      write_gathered()
+                      mapped = {}
+                      k = settle(stage, 'succeeded', clock, vis, out, nil, rs)
+                    end
+                  end
+                elseif deps ~= '' then
                   -- What follows reads node state and results: everything so far is written first.
                   write_gathered()
-                  k = 0
-                  if idx then
-                    local sv = mget(stage, 's', 'nx', 'N')
-                    if sv[1] == 'running' then
-                      local nx, n = tonumber(sv[2]), tonumber(sv[3])
-                      if nx < n then
-                        set(stage, 'nx', nx + 1)
-                        new_element(stage, nx, clock, vis, out)
-                      end
-                      if redis.call('HINCRBY', NODES, stage .. '.left', -1) == 0 then
-                        k = settle(stage, 'succeeded', clock, vis, out, nil, rs)
-                      end
-                    end
-                  else
-                    k = settle(stage, 'succeeded', clock, vis, out, deps, rs)
-                  end
+                  mapped = {}
+                  k = settle(stage, 'succeeded', clock, vis, out, deps, rs)
                 end
                 settled = settled + k
                 if k > 0 and done + settled >= total then
                   -- The run may be complete: its state and counter are brought up to date first.
                   write_gathered()
+                  mapped = {}
                   done = redis.call('HINCRBY', RUN, 'done', settled)
                   settled = 0
                   local state = check_complete(clock, done, total)

@@ -185,6 +185,42 @@ private func readyOf(_ outcome: CommitOutcome) -> [ReadyNode] {
             == ["\"r0\"", "\"r1\"", "\"r2\"", "\"r3\"", "\"r4\""])
     }
 
+    @Test func elementsCommittedInOneBatchReleaseTheNextOnesInOrderAndTheJoinOnce() async throws {
+        let store = try makeStore()
+        let created = try await store.createRun(try plan("""
+            name: fan
+            stages:
+              - { name: list, task: noop }
+              - { name: each, task: noop, after: [list], map: list, max_parallel: 3 }
+              - { name: gather, task: noop, after: [each] }
+            """), input: [])
+        let run = created.runID
+        var ready = readyOf(try await runNode(store, created.ready[0], result: Array("[0,1,2,3,4,5,6]".utf8)))
+        #expect(ready.map(\.node.description) == ["each[0]", "each[1]", "each[2]"])
+        var rounds: [[String]] = []
+        // Each round claims what is ready and commits it all in one batch (a stale item and a
+        // repeated one among them), until the join runs.
+        while !ready.isEmpty {
+            let claims = try await store.claim(ready.map { .init(runID: run, node: $0.node, epoch: $0.epoch) }, owner: "w", lease: lease)
+            #expect(claims.allSatisfy { if case .claimed = $0 { true } else { false } })
+            var requests = ready.map { RedisStateStore.CommitRequest(runID: run, node: $0.node, epoch: $0.epoch, result: Array("\"\($0.node)\"".utf8)) }
+            requests.insert(.init(runID: run, node: ready[0].node, epoch: ready[0].epoch + 5, result: []), at: 1)
+            requests.append(requests[0])
+            let outcomes = try await store.commit(requests, owner: "w")
+            #expect(outcomes[1] == .stale)
+            #expect(outcomes.last == .stale)
+            ready = outcomes.flatMap(readyOf)
+            rounds.append(ready.map(\.node.description))
+        }
+        #expect(rounds == [["each[3]", "each[4]", "each[5]"], ["each[6]"], ["gather"], []])
+        #expect(try await store.runState(run) == .succeeded)
+        let results = try await store.results(run, (0..<7).map { NodeID(stage: "each", index: $0) })
+        #expect(results.map { $0.map { String(decoding: $0, as: UTF8.self) } } == (0..<7).map { "\"each[\($0)]\"" })
+        let status = try await store.status(run)
+        #expect(status.doneStages == 3)
+        #expect(try await store.staleCommits(run) == 8)
+    }
+
     @Test func anEmptyMapCompletesAtOnce() async throws {
         let store = try makeStore()
         let created = try await store.createRun(try plan("""
