@@ -1,3 +1,5 @@
+import Foundation
+
 /// A validated pipeline compiled for scheduling: stages by index, who depends on whom, and an
 /// order in which every stage comes after its dependencies.
 public struct PipelinePlan: Sendable {
@@ -13,6 +15,10 @@ public struct PipelinePlan: Sendable {
     public let roots: [Int]
     /// Every stage index, dependencies before dependents.
     public let topologicalOrder: [Int]
+    /// The spec as JSON, as a run keeps it: encoded once per plan rather than per submission.
+    public let specJSON: String
+    /// For each stage, the names of the stages that depend on it, comma-separated.
+    public let dependentNames: [String]
 
     /// Validates `spec` and compiles it.
     public init(_ spec: PipelineSpec, knownTasks: Set<String>? = nil) throws {
@@ -46,6 +52,8 @@ public struct PipelinePlan: Sendable {
         self.dependencies = dependencies
         self.roots = roots
         self.topologicalOrder = order
+        self.specJSON = String(decoding: try JSONEncoder().encode(spec), as: UTF8.self)
+        self.dependentNames = dependents.map { $0.map { spec.stages[$0].name.rawValue }.joined(separator: ",") }
     }
 
     /// The stage at `position`.

@@ -117,7 +117,7 @@ public final class RedisStateStore: Sendable {
                 runID = existing
             }
         }
-        let spec = String(decoding: try JSONEncoder().encode(plan.spec), as: UTF8.self)
+        let spec = plan.specJSON
         var args: [RedisArgument] = [
             .integer(Int(now)), .string(plan.spec.name), .string(spec), .bytes(input),
             .integer(Int(configuration.retention.milliseconds)), .integer(Int(configuration.queueVisibility.milliseconds)),
@@ -127,7 +127,7 @@ public final class RedisStateStore: Sendable {
         for (position, stage) in plan.spec.stages.enumerated() {
             args.append(.string(stage.name.rawValue))
             args.append(.integer(stage.after.count))
-            args.append(.string(plan.dependents[position].map { plan[$0].name.rawValue }.joined(separator: ",")))
+            args.append(.string(plan.dependentNames[position]))
             args.append(.string(stage.map?.rawValue ?? ""))
             args.append(.integer(stage.maxParallel ?? 0))
             args.append(.string(stage.onFailure == .continue ? "c" : "f"))
