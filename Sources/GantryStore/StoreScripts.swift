@@ -137,10 +137,12 @@ enum StoreScripts {
         end
         if KEYS[1] then use_run(KEYS[1]) end
         """ + "\n" + nodeFields + """
-        -- `HSET key` with the first `n` of `args` (field, value, …), a few thousand at a time.
-        local function hset_many(key, args, n)
-          for i = 1, n, 4000 do redis.call('HSET', key, unpack(args, i, math.min(n, i + 3999))) end
+        -- `HSET key` (or `ZADD key`) with the first `n` of `args` (field, value, … or score,
+        -- member, …), a few thousand at a time.
+        local function many(command, key, args, n)
+          for i = 1, n, 4000 do redis.call(command, key, unpack(args, i, math.min(n, i + 3999))) end
         end
+        local function hset_many(key, args, n) many('HSET', key, args, n) end
         local function event(kind, node, now, ...)
           flush_events()
           redis.call('XADD', P .. 'ev', 'MAXLEN', '~', 10000, '*', 'k', kind, 'n', node, 't', now, ...)
@@ -215,6 +217,23 @@ enum StoreScripts {
         local function new_element(stage, i, now, vis, out)
           queue_node(stage .. '[' .. i .. ']', 1, 1, now, vis, out)
         end
+        -- Elements `first`…`last` of a stage being expanded: none has a record yet, so theirs are
+        -- written (queued, epoch 1, attempt 1), with their timers, in a few commands for them all.
+        local function new_elements(stage, first, last, now, vis, out)
+          local records, rn, timers, tn = {}, 0, {}, 0
+          local queued, due = 'queued|1|1|' .. now .. '||||||', now + vis
+          for i = first, last do
+            local node = stage .. '[' .. i .. ']'
+            records[rn + 1], records[rn + 2] = node, queued
+            timers[tn + 1], timers[tn + 2] = due, node
+            rn, tn = rn + 2, tn + 2
+            out[#out + 1] = node
+            out[#out + 1] = 1
+            out[#out + 1] = 1
+          end
+          hset_many(NODES, records, rn)
+          many('ZADD', T, timers, tn)
+        end
         -- Marks stages done (succeeded, skipped or failed) and releases their dependents, breadth
         -- first: a dependent whose pending count reaches zero is queued, expanded (map) or, when
         -- one of its dependencies did not succeed, skipped in turn. `first_out` is the first
@@ -258,7 +277,7 @@ enum StoreScripts {
                     local par = tonumber(dv[3] or '0')
                     if par <= 0 or par > n then par = n end
                     set(dep, 's', 'running', 'N', n, 'nx', par, 'left', n, 'st', now)
-                    for j = 0, par - 1 do new_element(dep, j, now, vis, out) end
+                    new_elements(dep, 0, par - 1, now, vis, out)
                   end
                 else
                   queue_node(dep, tonumber(get(dep, 'e') or '0') + 1, 1, now, vis, out)
@@ -481,29 +500,42 @@ enum StoreScripts {
         local clock = tonumber(now)
         local SUCCEEDED = { 't', now, 'k', 'node', 's', 'succeeded' }
         local RUNNING = { 't', now, 'k', 'node', 's', 'running', 'o', owner }
-        -- Leases the first nodes of out[from…] (node, epoch, attempt triples) that `take` allows.
+        -- Leases the first nodes of out[from…] (node, epoch, attempt triples) that `take` allows:
+        -- their records read with one command and written with another.
         local function take_ready(out, take, from)
           local limit, lease, stages = string.match(take, '^(%d+)|(%d+)|(.*)$')
           limit = tonumber(limit or '0')
           if limit == 0 then return end
           local allowed = {}
           for _, stage in ipairs(split(stages)) do allowed[stage] = true end
-          local expiry = tostring(clock + tonumber(lease))
+          local nodes, at = {}, {}
           for j = from, #out - 2, 3 do
-            if limit == 0 then return end
-            local node = out[j]
-            if allowed[(stage_of(node))] then
-              local r = record(node)
-              if r and r[1] == 'queued' then
+            if #nodes == limit then break end
+            if allowed[(stage_of(out[j]))] then
+              nodes[#nodes + 1] = out[j]
+              at[#at + 1] = j
+            end
+          end
+          local expiry = tostring(clock + tonumber(lease))
+          local writes, wn, timers, tn = {}, 0, {}, 0
+          for c = 1, #nodes, 4000 do
+            local last = math.min(#nodes, c + 3999)
+            local records = redis.call('HMGET', NODES, unpack(nodes, c, last))
+            for k = c, last do
+              local v = records[k - c + 1]
+              local r = v and { string.match(v, RECP) }
+              if r and #r == 10 and r[1] == 'queued' then
                 r[1], r[5], r[6], r[10] = 'running', expiry, now, owner
-                redis.call('HSET', NODES, node, table.concat(r, '|', 1, 10))
-                redis.call('ZADD', T, expiry, node)
-                node_event(RUNNING, node, r[2])
-                out[j + 2] = -out[j + 2]
-                limit = limit - 1
+                writes[wn + 1], writes[wn + 2] = nodes[k], table.concat(r, '|', 1, 10)
+                timers[tn + 1], timers[tn + 2] = expiry, nodes[k]
+                wn, tn = wn + 2, tn + 2
+                node_event(RUNNING, nodes[k], r[2])
+                out[at[k] + 2] = -out[at[k] + 2]
               end
             end
           end
+          hset_many(NODES, writes, wn)
+          many('ZADD', T, timers, tn)
         end
         -- A record's state, epoch, attempt|queued at|lease|started, dependents and owner.
         local FIELDS = '^(%a*)|(%d*)|([^|]*|[^|]*|[^|]*|[^|]*)|[^|]*|[^|]*|([^|]*)|(.*)$'
