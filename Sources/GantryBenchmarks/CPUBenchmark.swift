@@ -16,8 +16,10 @@ struct CPUBenchmark: AsyncParsableCommand {
             The single-core rate is the sha256 task run back to back on one thread of \
             gantry-bench. The pool rate is the same task through a ChildProcessPool of \
             --pool-size children (gantry-bench re-spawned), twice as many callers as children. \
-            Single-core and pool phases alternate --repeats times and the best of each is kept, \
-            which filters out other load on a shared machine. The end-to-end rate is single-task \
+            Single-core, pool and all-cores phases alternate --repeats times and the best of each \
+            is kept, which filters out other load on a shared machine. The all-cores phase runs the \
+            task on as many threads of gantry-bench as there are cores, without a pool: the rate \
+            this machine gives with every core busy, which bounds what any pool can reach. The end-to-end rate is single-task \
             `kind: cpu` runs submitted to one worker (its pool does the work), from the first \
             submission to the last result in Redis. Target: ratio ≥ 0.97.
             """
@@ -58,6 +60,7 @@ struct CPUBenchmark: AsyncParsableCommand {
         let poolService = Task { try await pool.run() }
         var bestSingle = 0.0
         var bestPool = 0.0
+        var bestThreads = 0.0
         do {
             _ = try await pool.run(task: "sha256", input: input, context: taskContext, timeout: .seconds(60))
             for _ in 0..<max(1, repeats) {
@@ -79,6 +82,20 @@ struct CPUBenchmark: AsyncParsableCommand {
                     }
                 }
                 bestPool = max(bestPool, Double(poolTasks) / pooled.seconds)
+                // The same task on every core at once inside this process, without a pool: what
+                // this machine gives when all its cores run the task, the ceiling of the pool.
+                let threaded = try await timed {
+                    let next = SharedCounter()
+                    try await withThrowingTaskGroup(of: Void.self) { group in
+                        for _ in 0..<cores {
+                            group.addTask {
+                                while next.next() < poolTasks { _ = try await sha.function(input, taskContext) }
+                            }
+                        }
+                        try await group.waitForAll()
+                    }
+                }
+                bestThreads = max(bestThreads, Double(poolTasks) / threaded.seconds)
             }
         } catch {
             await pool.shutdown()
@@ -115,6 +132,9 @@ struct CPUBenchmark: AsyncParsableCommand {
         report.figure("ideal_per_s", ideal)
         report.figure("pool_per_s", bestPool)
         report.figure("pool_ratio", bestPool / ideal, headline: true)
+        report.figure("all_cores_in_process_per_s", bestThreads)
+        report.figure("all_cores_in_process_ratio", bestThreads / ideal)
+        report.figure("pool_over_all_cores_in_process", bestPool / bestThreads)
         report.figure("end_to_end_per_s", endToEnd.completionPerSecond)
         report.figure("end_to_end_ratio", endToEnd.completionPerSecond / ideal, headline: true)
         report.figure("failed", endToEnd.failed)
@@ -122,8 +142,9 @@ struct CPUBenchmark: AsyncParsableCommand {
         report.target("pool_ratio", atLeast: 0.97)
         report.target("end_to_end_ratio", atLeast: 0.97)
         report.print(String(
-            format: "cpu: sha256 × %d rounds (%.1f ms/task) single core %.1f/s × %d cores = %.1f/s ideal | pool of %d: %.1f/s, ratio %.3f (%@) | end to end through 1 %@ worker over %@: %.1f/s, ratio %.3f (%@)",
-            rounds, 1000 / bestSingle, bestSingle, cores, ideal, poolSize, bestPool, bestPool / ideal, report.verdict("pool_ratio"),
+            format: "cpu: sha256 × %d rounds (%.1f ms/task) single core %.1f/s × %d cores = %.1f/s ideal | %d in-process threads at once: %.1f/s, ratio %.3f | pool of %d: %.1f/s, ratio %.3f (%@) | end to end through 1 %@ worker over %@: %.1f/s, ratio %.3f (%@)",
+            rounds, 1000 / bestSingle, bestSingle, cores, ideal, cores, bestThreads, bestThreads / ideal,
+            poolSize, bestPool, bestPool / ideal, report.verdict("pool_ratio"),
             cluster.workerMode.rawValue, cluster.broker, endToEnd.completionPerSecond, endToEnd.completionPerSecond / ideal, report.verdict("end_to_end_ratio")
         ))
     }

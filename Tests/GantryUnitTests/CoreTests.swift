@@ -90,6 +90,12 @@ import Testing
         digest.update(data[3..<130])
         digest.update(data[130...])
         #expect(digest.finalize() == SHA256.hash(data))
+        // A collection without contiguous storage, fed around a partial block.
+        var mixed = SHA256()
+        mixed.update(data[0..<5])
+        mixed.update(data[5...].reversed())
+        #expect(mixed.finalize() == SHA256.hash(Array(data[0..<5]) + data[5...].reversed()))
+        #expect(SHA256.hash(data.reversed()).hexString == SHA256.hash(Array(data.reversed())).hexString)
     }
 
     @Test func hmacMatchesRFC4231() {
