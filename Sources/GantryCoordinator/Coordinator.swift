@@ -109,7 +109,8 @@ public final class Coordinator: Service, Sendable {
         }
     }
 
-    /// One pass over every active run: handle its due timers and publish what they released.
+    /// One pass over the active runs that have a due timer or have ended (``RedisStateStore/runsToWake(_:now:)``):
+    /// handle their due timers and publish what they released.
     public func sweep(now: UInt64 = currentMilliseconds()) async throws {
         do {
             try await sweepRuns(now: now)
@@ -120,7 +121,8 @@ public final class Coordinator: Service, Sendable {
 
     /// ``sweep(now:)`` with publishing errors wrapped in ``PublishFailure``, to count them apart.
     private func sweepRuns(now: UInt64) async throws {
-        for run in try await store.activeRuns(limit: 10_000) {
+        let active = try await store.activeRuns(limit: 10_000)
+        for run in try await store.runsToWake(active, now: now) {
             var more = true
             var outcome = WakeOutcome(ready: [], more: false, runState: nil, gone: false)
             while more {

@@ -221,6 +221,27 @@ private func readyOf(_ outcome: CommitOutcome) -> [ReadyNode] {
         #expect(try await store.staleCommits(run) == 8)
     }
 
+    @Test func aSweepWakesOnlyRunsWithADueTimerOrThatEnded() async throws {
+        let store = try makeStore { $0.queueVisibility = .seconds(60) }
+        let one = try plan("name: p\nstages:\n  - { name: a, task: noop }\n")
+        let t0 = currentMilliseconds()
+        let queued = try await store.createRun(one, input: [], now: t0)
+        let running = try await store.createRun(one, input: [], now: t0)
+        let ended = try await store.createRun(one, input: [], now: t0)
+        _ = try await store.claim(running.runID, NodeID(stage: "a"), epoch: 1, owner: "w", lease: .seconds(10), now: t0)
+        _ = try await runNode(store, ended.ready[0], now: t0)
+        let missing = RunID.make()
+        let all = [queued.runID, running.runID, ended.runID, missing]
+        // Nothing is due yet: only the ended run (as if its committer died before unlisting it)
+        // and the missing one need a wake.
+        #expect(try await store.runsToWake(all, now: t0 + 1) == [ended.runID, missing])
+        // The lease expires after 10 s, the queued node's visibility deadline after 60 s.
+        #expect(try await store.runsToWake(all, now: t0 + 10_001) == [running.runID, ended.runID, missing])
+        #expect(try await store.runsToWake(all, now: t0 + 60_001) == all)
+        // What the sweep then does with them is the wake script's business, as before.
+        #expect(try await store.wake(running.runID, now: t0 + 10_001).ready.map(\.node) == [NodeID(stage: "a")])
+    }
+
     @Test func anEmptyMapCompletesAtOnce() async throws {
         let store = try makeStore()
         let created = try await store.createRun(try plan("""
