@@ -331,13 +331,14 @@ enum StoreScripts {
     /// ARGV: now, name, spec JSON, input, retention ms, visibility ms, deadline ms (0 none),
     /// stage count, then per stage: name, pending, dependents csv, map upstream, max parallel,
     /// on-failure (`f`/`c`), max attempts, max lost leases.
-    static let createRun = RedisScript(name: "create_run", source: full + """
+    static let createRun = RedisScript(name: "create_run", source: base + """
         if redis.call('EXISTS', RUN) == 1 then return { 'exists' } end
         local now, ttl, vis, deadline = tonumber(ARGV[1]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
         local count = tonumber(ARGV[8])
         local names = {}
         local out = { 'created' }
         local fields, n = {}, 0
+        local timers, tn = {}, 0
         local function field(node, f, value)
           fields[n + 1] = node .. '.' .. f
           fields[n + 2] = value
@@ -348,7 +349,17 @@ enum StoreScripts {
           local stage = ARGV[b]
           names[#names + 1] = stage
           fields[n + 1] = stage
-          fields[n + 2] = 'waiting|0|0||||||' .. ARGV[b + 2] .. '|'
+          if ARGV[b + 1] == '0' then
+            -- A root is queued at once (epoch 1, attempt 1) until its visibility deadline.
+            fields[n + 2] = 'queued|1|1|' .. now .. '|||||' .. ARGV[b + 2] .. '|'
+            timers[tn + 1], timers[tn + 2] = now + vis, stage
+            tn = tn + 2
+            out[#out + 1] = stage
+            out[#out + 1] = 1
+            out[#out + 1] = 1
+          else
+            fields[n + 2] = 'waiting|0|0||||||' .. ARGV[b + 2] .. '|'
+          end
           n = n + 2
           -- Unset means: no pending dependency, no map, no limit on parallelism, failing fails
           -- the run, and the run's own poison limit.
@@ -363,11 +374,11 @@ enum StoreScripts {
         redis.call('HSET', RUN, 's', 'running', 'name', ARGV[2], 'spec', ARGV[3], 'stages', table.concat(names, ','),
           'total', count, 'done', 0, 'failed', 0, 'created', now, 'ttl', ttl, 'stale', 0, 'mk', ARGV[16] or '3')
         redis.call('SET', P .. 'in', ARGV[4])
-        for s = 0, count - 1 do
-          local b = 9 + s * 8
-          if tonumber(ARGV[b + 1]) == 0 then queue_node(ARGV[b], 1, 1, now, vis, out) end
+        if deadline > 0 then
+          timers[tn + 1], timers[tn + 2] = deadline, '|D'
+          tn = tn + 2
         end
-        if deadline > 0 then redis.call('ZADD', T, deadline, '|D') end
+        many('ZADD', T, timers, tn)
         event('run', '', now, 's', 'running')
         -- Four retention periods from creation, so nothing outlives a run by accident; the run's
         -- keys get the retention period when it ends.

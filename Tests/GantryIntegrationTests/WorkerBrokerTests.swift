@@ -188,7 +188,13 @@ struct WorkerBrokerTests {
             try await cluster.transport.publish(OutgoingMessage(body: Array("not an envelope".utf8)), to: cluster.queue)
             let run = try await cluster.submit("  - { name: a, task: exec, args: { command: [rm, -rf, /] }, retry: 5 }\n  - { name: b, task: echo, after: [a] }\n", registry: registry)
             let worker = try cluster.worker(registry)
-            let state = try await withWorkerServices([worker, cluster.coordinator()]) { try await cluster.waitForEnd(run) }
+            let state = try await withWorkerServices([worker, cluster.coordinator()]) {
+                let state = try await cluster.waitForEnd(run)
+                // On Kafka the two messages may sit on different partitions, fetched in either
+                // order: the run can end before the undecodable one is read.
+                try await ProcessPoolTestSupport.waitUntil("the undecodable message dead-lettered", limit: .seconds(20)) { worker.counters.deadLettered >= 1 }
+                return state
+            }
             #expect(state == .failed)
             let status = try await cluster.store.status(run)
             #expect(status.stages[0].deadLettered)
