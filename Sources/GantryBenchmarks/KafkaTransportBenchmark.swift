@@ -115,8 +115,6 @@ struct KafkaTransportBenchmark: AsyncParsableCommand {
         configuration.prefetchBytes = prefetchBytes
         configuration.consumerProperties["session.timeout.ms"] = "6000"
         configuration.consumerProperties["heartbeat.interval.ms"] = "500"
-        for (k, v) in ProcessInfo.processInfo.environment where k.hasPrefix("DBGP_") { configuration.producerProperties[String(k.dropFirst(5)).replacingOccurrences(of: "_", with: ".")] = v }
-        for (k, v) in ProcessInfo.processInfo.environment where k.hasPrefix("DBGC_") { configuration.consumerProperties[String(k.dropFirst(5)).replacingOccurrences(of: "_", with: ".")] = v }
         let transport = try KafkaTransport(configuration: configuration, logger: Logger(label: "gantry.bench.kafka"))
         try await transport.declare(queues: [queue])
         let keys = Self.balancedKeys(partitions: partitions)
